@@ -1,0 +1,1 @@
+"""The bundled stdio client, ocm-client."""

@@ -1,0 +1,188 @@
+"""
+The UDP codec, PROTOCOL §2 and §3: sealed datagrams both ways, the inner
+messages a member sends and the events the server sends back.
+
+Pure functions over bytes and an C{AESGCM} object; the caller owns keys and
+counters. A datagram that does not parse raises L{DatagramError}, whose
+C{reason} names the drop counter it belongs to.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAX_DATAGRAM = 4096
+MAX_TEXT = 3072
+NONCE_SIZE = 12
+TAG_SIZE = 16
+KEY_SIZE = 32
+_CLIENT_PREFIX_INT = 1
+_SERVER_PREFIX_INT = 2
+
+_nonce = struct.Struct(">IQ")
+_event_head = struct.Struct(">BQQB")
+
+
+class Kind(enum.IntEnum):
+    """Inner message kinds, client to server."""
+
+    CHAT = 0x01
+    HEARTBEAT = 0x02
+    LEAVE = 0x03
+
+
+class EventKind(enum.IntEnum):
+    """Inner event kinds, server to client."""
+
+    MESSAGE = 0x01
+    JOINED = 0x04
+    LEFT = 0x05
+    TIMED_OUT = 0x06
+    CLOSED = 0x07
+
+
+class DatagramError(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The clear part of a client datagram; C{data} is the whole datagram."""
+
+    room: bytes
+    token: bytes
+    counter: int
+    header_size: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: int
+    seq: int
+    time_ms: int
+    name: str
+    text: str
+
+
+def parse_envelope(data: bytes) -> Envelope:
+    """Split a client datagram into its header fields without decrypting."""
+    size = len(data)
+    if size > MAX_DATAGRAM:
+        raise DatagramError("oversize", f"{size} bytes")
+    if size < 2:
+        raise DatagramError("malformed", "shorter than its header")
+    room_size = data[0]
+    token_size = data[1]
+    header_size = 2 + room_size + token_size
+    # header, nonce, at least the kind byte, tag
+    if size < header_size + NONCE_SIZE + 1 + TAG_SIZE:
+        raise DatagramError("malformed", "too short for its declared sizes")
+    if room_size == 0 or token_size == 0:
+        raise DatagramError("malformed", "empty room name or token")
+    prefix, counter = _nonce.unpack_from(data, header_size)
+    if prefix != _CLIENT_PREFIX_INT:
+        raise DatagramError("malformed", "nonce prefix is not 00000001")
+    if counter == 0:
+        raise DatagramError("malformed", "counter 0")
+    return Envelope(
+        room=data[2 : 2 + room_size],
+        token=data[2 + room_size : header_size],
+        counter=counter,
+        header_size=header_size,
+        data=data,
+    )
+
+
+def open_envelope(aead: AESGCM, envelope: Envelope) -> bytes:
+    """Authenticate and decrypt, returning the inner message."""
+    data = envelope.data
+    h = envelope.header_size
+    try:
+        return aead.decrypt(data[h : h + NONCE_SIZE], data[h + NONCE_SIZE :], data[:h])
+    except InvalidTag:
+        raise DatagramError("auth", "authentication failed")
+
+
+def parse_message(inner: bytes) -> tuple[Kind, str]:
+    """Validate an inner message; returns its kind and text (empty if none)."""
+    if not inner:
+        raise DatagramError("malformed", "empty message")
+    kind = inner[0]
+    body = inner[1:]
+    if kind == Kind.CHAT:
+        if not 1 <= len(body) <= MAX_TEXT:
+            raise DatagramError("malformed", f"chat text of {len(body)} bytes")
+        try:
+            return Kind.CHAT, body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DatagramError("malformed", "chat text is not UTF-8")
+    if kind == Kind.HEARTBEAT or kind == Kind.LEAVE:
+        if body:
+            raise DatagramError("malformed", "body on an empty message kind")
+        return Kind(kind), ""
+    raise DatagramError("malformed", f"unknown kind {kind}")
+
+
+def seal_client(
+    aead: AESGCM, room: bytes, token: bytes, counter: int, inner: bytes
+) -> bytes:
+    """Build a client-to-server datagram (what a client sends)."""
+    header = bytes((len(room), len(token))) + room + token
+    nonce = _nonce.pack(_CLIENT_PREFIX_INT, counter)
+    return header + nonce + aead.encrypt(nonce, inner, header)
+
+
+def chat(text: str) -> bytes:
+    return bytes((Kind.CHAT,)) + text.encode("utf-8")
+
+
+HEARTBEAT = bytes((Kind.HEARTBEAT,))
+LEAVE = bytes((Kind.LEAVE,))
+
+
+def encode_event(kind: int, seq: int, time_ms: int, name: bytes, text: bytes) -> bytes:
+    return _event_head.pack(kind, seq, time_ms, len(name)) + name + text
+
+
+def seal_server(aead: AESGCM, counter: int, event: bytes) -> bytes:
+    nonce = _nonce.pack(_SERVER_PREFIX_INT, counter)
+    return nonce + aead.encrypt(nonce, event, None)
+
+
+def open_server(aead: AESGCM, data: bytes) -> tuple[int, Event]:
+    """Decrypt and parse a server-to-client datagram: (counter, event)."""
+    if len(data) > MAX_DATAGRAM:
+        raise DatagramError("oversize")
+    if len(data) < NONCE_SIZE + TAG_SIZE + _event_head.size:
+        raise DatagramError("malformed", "too short")
+    prefix, counter = _nonce.unpack_from(data)
+    if prefix != _SERVER_PREFIX_INT:
+        raise DatagramError("malformed", "nonce prefix is not 00000002")
+    try:
+        inner = aead.decrypt(data[:NONCE_SIZE], data[NONCE_SIZE:], None)
+    except InvalidTag:
+        raise DatagramError("auth", "authentication failed")
+    return counter, parse_event(inner)
+
+
+def parse_event(inner: bytes) -> Event:
+    if len(inner) < _event_head.size:
+        raise DatagramError("malformed", "event too short")
+    kind, seq, time_ms, name_size = _event_head.unpack_from(inner)
+    end = _event_head.size + name_size
+    if len(inner) < end:
+        raise DatagramError("malformed", "event name overruns")
+    try:
+        name = inner[_event_head.size : end].decode("utf-8")
+        text = inner[end:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise DatagramError("malformed", "event text is not UTF-8")
+    return Event(kind, seq, time_ms, name, text)

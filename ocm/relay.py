@@ -1,0 +1,68 @@
+"""
+The UDP relay: a thin C{DatagramProtocol} between the socket and the room
+service, PROTOCOL §2–§3.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from ocm.rooms import RoomService
+
+# Send errors that mean "this one datagram is lost", never "stop serving".
+_TRANSIENT = {
+    errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ECONNREFUSED,
+    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE, errno.EINVAL,
+    errno.EPERM, errno.EACCES,
+}
+
+
+class Relay(DatagramProtocol):
+    log = Logger()
+    noisy = False
+
+    def __init__(self, service: RoomService) -> None:
+        self.service = service
+        self.send_errors = 0
+
+    def startProtocol(self) -> None:
+        self.service.udp_port = self.transport.getHost().port
+        # udp.Port.write re-validates the address string on every call; the
+        # addresses here came from recvfrom, so the socket's own sendto is
+        # safe, and it halves the cost of a delivery.
+        self._sendto = self.transport.socket.sendto
+        self.service.send = self.send
+
+    def stopProtocol(self) -> None:
+        self.service.send = lambda data, address: None
+
+    def send(self, data: bytes, address: Any) -> None:
+        try:
+            self._sendto(data, address)
+        except OSError as e:
+            if e.errno not in _TRANSIENT:
+                self.log.warn("UDP send to {address} failed: {error}", address=address, error=e)
+            self.send_errors += 1
+            self.service.drops["send"] += 1
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:
+        try:
+            self.service.datagram_received(data, address)
+        except Exception:
+            # A bug must cost one datagram, never the relay.
+            self.service.drops["internal"] += 1
+            self.log.failure("internal error on a datagram from {address}", address=address)
+
+
+def enlarge_buffers(sock: socket.socket, size: int = 4 * 1024 * 1024) -> None:
+    """Ask for big socket buffers so bursts queue instead of being dropped."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            pass

@@ -1,0 +1,301 @@
+"""
+The room service: rooms, members, tokens, keys, counters and liveness
+(PROTOCOL §1–§4), shared by the TCRP server and the UDP relay.
+
+It knows no sockets. Time comes from an injected clock (the reactor, or
+C{task.Clock} in tests) and sealed datagrams leave through an injected
+C{send(data, address)} callable that the relay provides.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections import Counter
+from typing import Any, Callable
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ocm.datagram import (
+    DatagramError,
+    EventKind,
+    Kind,
+    encode_event,
+    open_envelope,
+    parse_envelope,
+    parse_message,
+    seal_server,
+)
+from ocm.names import name_key
+from ocm.passwords import PasswordHash
+from ocm.replay import ReplayWindow
+from ocm.tcrp import ProtocolError, Status
+
+Address = tuple  # (host, port) as the relay's transport gives it
+Send = Callable[[bytes, Address], None]
+
+TOKEN_BYTES = 16  # 128 bits, PROTOCOL §1's minimum
+
+CLOSED_HOST_LEFT = "the host left"
+CLOSED_HOST_TIMED_OUT = "the host timed out"
+CLOSED_SHUTDOWN = "the server is shutting down"
+
+
+def normalize_ip(host: str) -> str:
+    """The IP a token is bound to: IPv4 seen through an IPv6 socket unwrapped."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+class Member:
+    __slots__ = (
+        "name", "name_bytes", "room", "token", "key", "aead", "ip",
+        "address", "window", "last_seen", "sent",
+    )
+
+    def __init__(self, name: str, room: Room, ip: str, now: float) -> None:
+        self.name = name
+        self.name_bytes = name.encode()
+        self.room = room
+        self.token = secrets.token_hex(TOKEN_BYTES)
+        self.key = secrets.token_bytes(32)
+        self.aead = AESGCM(self.key)
+        self.ip = ip
+        self.address: Address | None = None
+        self.window = ReplayWindow()
+        self.last_seen = now
+        self.sent = 0  # the server's nonce counter for this recipient
+
+    @property
+    def is_host(self) -> bool:
+        return self.room.host is self
+
+    def __repr__(self) -> str:
+        return f"<Member {self.name!r} of {self.room.name!r}>"
+
+
+class Room:
+    __slots__ = ("name", "name_bytes", "password", "members", "host", "seq")
+
+    def __init__(self, name: str, password: PasswordHash | None) -> None:
+        self.name = name
+        self.name_bytes = name.encode()
+        self.password = password
+        self.members: dict[str, Member] = {}
+        self.host: Member | None = None
+        self.seq = 0
+
+
+class RoomService:
+    """
+    All rooms of one daemon. The TCRP side calls L{list_rooms},
+    L{check_create}, L{create_room}, L{room_for_join} and L{join_room}; the
+    relay calls L{datagram_received}; L{start} and L{stop} run the liveness
+    sweep and, at shutdown, close every room.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        timeout: float = 60.0,
+        udp_port: int = 0,
+        max_rooms: int = 1000,
+        max_members: int = 250,
+        send: Send | None = None,
+    ) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.udp_port = udp_port
+        self.max_rooms = max_rooms
+        self.max_members = max_members
+        self.send: Send = send or (lambda data, address: None)
+        self.rooms: dict[str, Room] = {}
+        self.tokens: dict[bytes, Member] = {}
+        self.drops: Counter[str] = Counter()
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = clock
+
+    # -- life -------------------------------------------------------------
+
+    def start(self) -> None:
+        # Sweep often enough that nobody outlives the timeout by more than a
+        # tenth of it (and by at most a second).
+        interval = max(0.05, min(1.0, self.timeout / 10))
+        self._sweeper.start(interval, now=False)
+
+    def stop(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        for room in list(self.rooms.values()):
+            self._close(room, CLOSED_SHUTDOWN)
+
+    # -- TCRP side ----------------------------------------------------------
+
+    def list_rooms(self) -> list[dict[str, Any]]:
+        return [
+            {"name": r.name, "members": len(r.members), "password": r.password is not None}
+            for r in self.rooms.values()
+        ]
+
+    def check_create(self, room: str) -> None:
+        """Refuse a CREATE early, before the cost of hashing its password."""
+        if name_key(room) in self.rooms:
+            raise ProtocolError(Status.CONFLICT, f"room {room!r} already exists")
+        if len(self.rooms) >= self.max_rooms:
+            raise ProtocolError(Status.UNAVAILABLE, "the server has all the rooms it can hold")
+
+    def create_room(
+        self, room: str, username: str, ip: str, password: PasswordHash | None
+    ) -> Member:
+        self.check_create(room)
+        r = Room(room, password)
+        self.rooms[name_key(room)] = r
+        member = self._add(r, username, ip)
+        r.host = member
+        self.log.info(
+            "room {room!r} created by {user!r} from {ip}{locked}",
+            room=room, user=username, ip=ip,
+            locked=" (password)" if password else "",
+        )
+        return member
+
+    def room_for_join(self, room: str) -> Room:
+        r = self.rooms.get(name_key(room))
+        if r is None:
+            raise ProtocolError(Status.NOT_FOUND, f"no room named {room!r}")
+        return r
+
+    def join_room(self, room: str, username: str, ip: str, expected: Room | None = None) -> Member:
+        """
+        Add a member. C{expected} is the room whose password was checked: if
+        the room closed and was created anew meanwhile, the check is void.
+        """
+        r = self.room_for_join(room)
+        if expected is not None and r is not expected:
+            raise ProtocolError(Status.NOT_FOUND, f"room {room!r} closed while you joined")
+        if name_key(username) in r.members:
+            raise ProtocolError(Status.CONFLICT, f"username {username!r} is taken in room {r.name!r}")
+        if len(r.members) >= self.max_members:
+            raise ProtocolError(Status.UNAVAILABLE, f"room {r.name!r} is full")
+        member = self._add(r, username, ip)
+        self.log.info("{user!r} joined room {room!r} from {ip}", user=username, room=r.name, ip=ip)
+        self._broadcast(r, EventKind.JOINED, 0, member.name_bytes, b"", exclude=member)
+        return member
+
+    def complete_body(self, member: Member) -> dict[str, Any]:
+        return {
+            "token": member.token,
+            "key": base64.b64encode(member.key).decode(),
+            "udp_port": self.udp_port,
+            "host": member.is_host,
+            "members": [m.name for m in member.room.members.values()],
+            "timeout": self.timeout,
+        }
+
+    def _add(self, room: Room, username: str, ip: str) -> Member:
+        member = Member(username, room, normalize_ip(ip), self.clock.seconds())
+        room.members[name_key(username)] = member
+        self.tokens[member.token.encode()] = member
+        return member
+
+    # -- UDP side -----------------------------------------------------------
+
+    def datagram_received(self, data: bytes, address: Address) -> None:
+        """Act on one client datagram; anything wrong is dropped and counted."""
+        try:
+            envelope = parse_envelope(data)
+            member = self.tokens.get(envelope.token)
+            if member is None or not self._names_room(envelope.room, member.room):
+                raise DatagramError("unknown")
+            if normalize_ip(address[0]) != member.ip:
+                raise DatagramError("address")
+            refused = member.window.check(envelope.counter)
+            if refused:
+                raise DatagramError(refused)
+            kind, text = parse_message(open_envelope(member.aead, envelope))
+        except DatagramError as e:
+            self.drops[e.reason] += 1
+            return
+        member.window.accept(envelope.counter)
+        member.last_seen = self.clock.seconds()
+        member.address = address
+        if kind == Kind.CHAT:
+            room = member.room
+            room.seq += 1
+            self._broadcast(room, EventKind.MESSAGE, room.seq, member.name_bytes, text.encode())
+        elif kind == Kind.LEAVE:
+            self._remove(member, timed_out=False)
+
+    @staticmethod
+    def _names_room(raw: bytes, room: Room) -> bool:
+        if raw == room.name_bytes:
+            return True
+        try:
+            return name_key(raw.decode("utf-8")) == name_key(room.name)
+        except UnicodeDecodeError:
+            return False
+
+    # -- events -------------------------------------------------------------
+
+    def _broadcast(
+        self,
+        room: Room,
+        kind: int,
+        seq: int,
+        name: bytes,
+        text: bytes,
+        exclude: Member | None = None,
+    ) -> None:
+        event = encode_event(kind, seq, int(self.clock.seconds() * 1000), name, text)
+        send = self.send
+        for m in room.members.values():
+            address = m.address
+            if address is None or m is exclude:
+                continue
+            m.sent += 1
+            send(seal_server(m.aead, m.sent, event), address)
+
+    def _remove(self, member: Member, timed_out: bool) -> None:
+        room = member.room
+        if member.is_host:
+            self.log.info(
+                "host {user!r} {how}", user=member.name,
+                how="timed out" if timed_out else "left",
+            )
+            self._close(room, CLOSED_HOST_TIMED_OUT if timed_out else CLOSED_HOST_LEFT)
+            return
+        del room.members[name_key(member.name)]
+        del self.tokens[member.token.encode()]
+        kind = EventKind.TIMED_OUT if timed_out else EventKind.LEFT
+        self.log.info(
+            "{user!r} {how} room {room!r}", user=member.name, room=room.name,
+            how="timed out of" if timed_out else "left",
+        )
+        self._broadcast(room, kind, 0, member.name_bytes, b"")
+
+    def _close(self, room: Room, reason: str) -> None:
+        """Tell everyone, then forget the room and invalidate its tokens."""
+        self._broadcast(room, EventKind.CLOSED, 0, room.host.name_bytes, reason.encode())
+        for m in room.members.values():
+            del self.tokens[m.token.encode()]
+        room.members.clear()
+        del self.rooms[name_key(room.name)]
+        self.log.info("room {room!r} closed: {reason}", room=room.name, reason=reason)
+
+    def sweep(self) -> None:
+        """Remove every member silent for C{timeout} seconds."""
+        deadline = self.clock.seconds() - self.timeout
+        for room in list(self.rooms.values()):
+            silent = [m for m in room.members.values() if m.last_seen <= deadline]
+            if room.host in silent:
+                self._remove(room.host, timed_out=True)
+                continue
+            for m in silent:
+                self._remove(m, timed_out=True)

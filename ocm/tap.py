@@ -1,0 +1,153 @@
+"""
+The C{twistd ocm} command line: options, and the service they build.
+Shaped like Twisted Names' tap: one room service handed to both listeners.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+
+from ocm import tls
+from ocm.rooms import RoomService
+from ocm.service import OcmService
+from ocm.tcrp_server import TCRPFactory
+
+log = Logger()
+
+
+def default_data_dir() -> str:
+    """systemd's StateDirectory when run as a unit, else the XDG state dir."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "ocm")
+
+
+def _number(kind: type, low: float, high: float | None = None):
+    """A coercer for usage.Options that names the accepted range."""
+
+    def coerce(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a {'whole ' if kind is int else ''}number")
+        if number != number or number < low or (high is not None and number > high):
+            upper = f" and {high}" if high is not None else ""
+            raise ValueError(f"{value!r} is not between {low}{upper}" if upper else f"{value!r} is below {low}")
+        return number
+
+    coerce.coerceDoc = f"({kind.__name__}, at least {low}{'' if high is None else f', at most {high}'})"
+    return coerce
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "ocm: the Online Chat Messenger daemon. Rooms are created and joined "
+        "over TCRP (TLS unless --no-tls); chat travels over UDP, sealed per "
+        "member with AES-256-GCM."
+    )
+    optParameters = [
+        ["tcp", "t", "9001",
+         "TCRP listener: a port number, or a Twisted server endpoint string "
+         "such as tcp:9001:interface=127.0.0.1 (TLS is added unless --no-tls)."],
+        ["udp", "u", "9002", "UDP port for chat.", _number(int, 0, 65535)],
+        ["interface", "i", "", "Address to bind to (default: all IPv4 addresses)."],
+        ["timeout", None, "60",
+         "Seconds of silence after which a member is removed.", _number(float, 1, 86400)],
+        ["max-payload", None, "65536",
+         "Largest TCRP payload in bytes; larger requests get 413.", _number(int, 256, 16 * 1024 * 1024)],
+        ["request-timeout", None, "10",
+         "Seconds a TCRP connection has to deliver its whole request (TLS handshake included).",
+         _number(float, 0.1, 600)],
+        ["data-dir", "d", None,
+         "Where the generated TLS certificate lives "
+         "(default: $STATE_DIRECTORY under systemd, else $XDG_STATE_HOME/ocm or ~/.local/state/ocm)."],
+        ["tls-cert", None, None, "PEM certificate (chain) for TCRP; needs --tls-key."],
+        ["tls-key", None, None, "PEM private key for --tls-cert."],
+        ["max-rooms", None, "1000", "Most rooms at once; past it CREATE gets 503.", _number(int, 1)],
+        ["max-members", None, "250", "Most members in one room; past it JOIN gets 503.", _number(int, 1)],
+    ]
+    optFlags = [
+        ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
+    ]
+
+    def postOptions(self) -> None:
+        # usage.Options coerces what was typed, not the defaults.
+        for long, _short, _default, _doc, *coerce in self.optParameters:
+            if coerce and isinstance(self[long], str):
+                try:
+                    self[long] = coerce[0](self[long])
+                except ValueError as e:
+                    raise usage.UsageError(f"--{long}: {e}")
+        tcp = self["tcp"].strip()
+        if not tcp:
+            raise usage.UsageError("--tcp: give a port number or an endpoint string")
+        if tcp.isdigit():
+            if not 0 <= int(tcp) <= 65535:
+                raise usage.UsageError(f"--tcp: port {tcp} is not between 0 and 65535")
+            interface = self["interface"].replace(":", r"\:")
+            tcp = f"tcp:{tcp}" + (f":interface={interface}" if interface else "")
+        try:
+            endpoints._parseServer(tcp, None)
+        except Exception as e:
+            raise usage.UsageError(f"--tcp: {tcp!r} is not a server endpoint string ({e})")
+        self["tcp-endpoint"] = tcp
+        if self["data-dir"] is None:
+            self["data-dir"] = default_data_dir()
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["no-tls"] and self["tls-cert"]:
+            raise usage.UsageError("--no-tls: a certificate was also given; choose one")
+        for option in ("tls-cert", "tls-key"):
+            path = self[option]
+            if path and not os.access(path, os.R_OK):
+                raise usage.UsageError(f"--{option}: cannot read {path!r}")
+
+
+def makeService(config: Options, reactor: Any = None) -> OcmService:
+    if reactor is None:
+        from twisted.internet import reactor
+    banner: list[str] = []
+    rooms = RoomService(
+        reactor,
+        timeout=config["timeout"],
+        max_rooms=config["max-rooms"],
+        max_members=config["max-members"],
+    )
+    factory: Any = TCRPFactory(
+        rooms,
+        reactor,
+        max_payload=config["max-payload"],
+        request_timeout=config["request-timeout"],
+    )
+    if config["no-tls"]:
+        banner.append("TLS is OFF: TCRP (tokens and keys included) travels in clear text")
+    else:
+        if config["tls-cert"]:
+            cert_pem = Path(config["tls-cert"]).read_bytes()
+            key_pem = Path(config["tls-key"]).read_bytes()
+            source = f"certificate {config['tls-cert']}"
+        else:
+            cert_path, key_path, made = tls.ensure_certificate(Path(config["data-dir"]))
+            cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
+            source = f"{'new ' if made else ''}self-signed certificate {cert_path}"
+        try:
+            options = tls.server_options(cert_pem, key_pem)
+            fp = tls.pem_fingerprint(cert_pem)
+        except Exception as e:
+            raise usage.UsageError(f"TLS certificate or key unusable: {e}")
+        banner.append(f"TLS with {source}")
+        banner.append(f"TLS fingerprint SHA256:{fp}")
+        factory = TLSMemoryBIOFactory(options, False, factory)
+    endpoint = endpoints.serverFromString(reactor, config["tcp-endpoint"])
+    return OcmService(
+        rooms, endpoint, factory, config["udp"], config["interface"], reactor, banner
+    )

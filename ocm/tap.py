@@ -30,17 +30,17 @@ def default_data_dir() -> str:
     return os.path.join(base, "ocm")
 
 
-def _number(kind: type, low: float, high: float | None = None):
-    """A coercer for usage.Options that names the accepted range."""
+def _number(option: str, kind: type, low: float, high: float | None = None):
+    """A coercer for usage.Options whose errors name the option and its range."""
 
     def coerce(value: str) -> Any:
         try:
             number = kind(value)
         except ValueError:
-            raise ValueError(f"{value!r} is not a {'whole ' if kind is int else ''}number")
+            raise ValueError(f"--{option}: {value!r} is not a {'whole ' if kind is int else ''}number")
         if number != number or number < low or (high is not None and number > high):
-            upper = f" and {high}" if high is not None else ""
-            raise ValueError(f"{value!r} is not between {low}{upper}" if upper else f"{value!r} is below {low}")
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"--{option}: {value!r} is not {bounds}")
         return number
 
     coerce.coerceDoc = f"({kind.__name__}, at least {low}{'' if high is None else f', at most {high}'})"
@@ -58,22 +58,22 @@ class Options(usage.Options):
         ["tcp", "t", "9001",
          "TCRP listener: a port number, or a Twisted server endpoint string "
          "such as tcp:9001:interface=127.0.0.1 (TLS is added unless --no-tls)."],
-        ["udp", "u", "9002", "UDP port for chat.", _number(int, 0, 65535)],
+        ["udp", "u", "9002", "UDP port for chat.", _number("udp", int, 0, 65535)],
         ["interface", "i", "", "Address to bind to (default: all IPv4 addresses)."],
         ["timeout", None, "60",
-         "Seconds of silence after which a member is removed.", _number(float, 1, 86400)],
+         "Seconds of silence after which a member is removed.", _number("timeout", float, 0.5, 86400)],
         ["max-payload", None, "65536",
-         "Largest TCRP payload in bytes; larger requests get 413.", _number(int, 256, 16 * 1024 * 1024)],
+         "Largest TCRP payload in bytes; larger requests get 413.", _number("max-payload", int, 256, 16 * 1024 * 1024)],
         ["request-timeout", None, "10",
          "Seconds a TCRP connection has to deliver its whole request (TLS handshake included).",
-         _number(float, 0.1, 600)],
+         _number("request-timeout", float, 0.1, 600)],
         ["data-dir", "d", None,
          "Where the generated TLS certificate lives "
          "(default: $STATE_DIRECTORY under systemd, else $XDG_STATE_HOME/ocm or ~/.local/state/ocm)."],
         ["tls-cert", None, None, "PEM certificate (chain) for TCRP; needs --tls-key."],
         ["tls-key", None, None, "PEM private key for --tls-cert."],
-        ["max-rooms", None, "1000", "Most rooms at once; past it CREATE gets 503.", _number(int, 1)],
-        ["max-members", None, "250", "Most members in one room; past it JOIN gets 503.", _number(int, 1)],
+        ["max-rooms", None, "1000", "Most rooms at once; past it CREATE gets 503.", _number("max-rooms", int, 1)],
+        ["max-members", None, "250", "Most members in one room; past it JOIN gets 503.", _number("max-members", int, 1)],
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
@@ -86,7 +86,7 @@ class Options(usage.Options):
                 try:
                     self[long] = coerce[0](self[long])
                 except ValueError as e:
-                    raise usage.UsageError(f"--{long}: {e}")
+                    raise usage.UsageError(str(e))
         tcp = self["tcp"].strip()
         if not tcp:
             raise usage.UsageError("--tcp: give a port number or an endpoint string")

@@ -29,6 +29,7 @@ from ocm.datagram import (
     parse_message,
     seal_server,
 )
+from ocm.limits import TokenBucket
 from ocm.names import name_key
 from ocm.passwords import PasswordHash
 from ocm.replay import ReplayWindow
@@ -54,10 +55,10 @@ def normalize_ip(host: str) -> str:
 class Member:
     __slots__ = (
         "name", "name_bytes", "room", "token", "key", "aead", "ip",
-        "address", "window", "last_seen", "sent",
+        "address", "window", "last_seen", "sent", "bucket",
     )
 
-    def __init__(self, name: str, room: Room, ip: str, now: float) -> None:
+    def __init__(self, name: str, room: Room, ip: str, now: float, bucket: TokenBucket) -> None:
         self.name = name
         self.name_bytes = name.encode()
         self.room = room
@@ -69,6 +70,7 @@ class Member:
         self.window = ReplayWindow()
         self.last_seen = now
         self.sent = 0  # the server's nonce counter for this recipient
+        self.bucket = bucket  # datagrams this member may still send now
 
     @property
     def is_host(self) -> bool:
@@ -108,6 +110,8 @@ class RoomService:
         udp_port: int = 0,
         max_rooms: int = 1000,
         max_members: int = 250,
+        member_rate: float = 20.0,
+        member_burst: float = 40.0,
         send: Send | None = None,
     ) -> None:
         self.clock = clock
@@ -115,6 +119,8 @@ class RoomService:
         self.udp_port = udp_port
         self.max_rooms = max_rooms
         self.max_members = max_members
+        self.member_rate = member_rate
+        self.member_burst = member_burst
         self.send: Send = send or (lambda data, address: None)
         self.rooms: dict[str, Room] = {}
         self.tokens: dict[bytes, Member] = {}
@@ -200,7 +206,9 @@ class RoomService:
         }
 
     def _add(self, room: Room, username: str, ip: str) -> Member:
-        member = Member(username, room, normalize_ip(ip), self.clock.seconds())
+        now = self.clock.seconds()
+        bucket = TokenBucket(self.member_rate, self.member_burst, now)
+        member = Member(username, room, normalize_ip(ip), now, bucket)
         room.members[name_key(username)] = member
         self.tokens[member.token.encode()] = member
         return member
@@ -223,9 +231,15 @@ class RoomService:
         except DatagramError as e:
             self.drops[e.reason] += 1
             return
+        now = self.clock.seconds()
         member.window.accept(envelope.counter)
-        member.last_seen = self.clock.seconds()
+        # Counted only once authentic, so nobody can spend another's budget;
+        # a flood still refreshes liveness, but relays no more than the rate.
+        member.last_seen = now
         member.address = address
+        if kind != Kind.LEAVE and not member.bucket.take(now):
+            self.drops["flood"] += 1
+            return
         if kind == Kind.CHAT:
             room = member.room
             room.seq += 1

@@ -8,13 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
+from collections import Counter
+
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ocm.relay import Relay, enlarge_buffers
 from ocm.rooms import RoomService
+from ocm.tcrp_server import TCRPFactory
 
 
 class OcmService(service.Service):
@@ -31,6 +35,7 @@ class OcmService(service.Service):
     def __init__(
         self,
         rooms: RoomService,
+        tcrp: TCRPFactory,
         tcp_endpoint: IStreamServerEndpoint,
         tcp_factory: Any,
         udp_port: int,
@@ -39,7 +44,11 @@ class OcmService(service.Service):
         banner: list[str] | None = None,
     ) -> None:
         self.rooms = rooms
+        self.tcrp = tcrp
         self.relay = Relay(rooms)
+        self._minutely = LoopingCall(self.minutely)
+        self._minutely.clock = reactor
+        self._reported: Counter[str] = Counter()
         self.tcp_endpoint = tcp_endpoint
         self.tcp_factory = tcp_factory
         self.udp_port_number = udp_port
@@ -72,6 +81,7 @@ class OcmService(service.Service):
         self._listen()
         super().startService()
         self.rooms.start()
+        self._minutely.start(60, now=False)
         tcp_host = self.tcp.getHost()
         self.log.info(
             "ocm listening: TCRP on {tcp}, UDP on port {udp}",
@@ -81,12 +91,32 @@ class OcmService(service.Service):
         for line in self.banner:
             self.log.info("{line}", line=line)
 
+    def minutely(self) -> None:
+        """Forget idle rate-limit state; log what was dropped, if anything."""
+        self.tcrp.prune()
+        counts = self.counts()
+        moved = counts - self._reported
+        self._reported = counts
+        if moved:
+            self.log.info(
+                "in the last minute, dropped or refused: {summary}",
+                summary=", ".join(f"{k} {v}" for k, v in sorted(moved.items())),
+            )
+
+    def counts(self) -> Counter[str]:
+        """Every drop and refusal since start, by reason."""
+        counts: Counter[str] = Counter({f"datagram {k}": v for k, v in self.rooms.drops.items()})
+        counts.update({f"request {k}": v for k, v in self.tcrp.refusals.items()})
+        return counts
+
     @property
     def tcp_port(self) -> int:
         return self.tcp.getHost().port
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        if self._minutely.running:
+            self._minutely.stop()
         self.rooms.stop()
         waits = []
         for port in (self.tcp, self.udp):

@@ -74,6 +74,23 @@ class Options(usage.Options):
         ["tls-key", None, None, "PEM private key for --tls-cert."],
         ["max-rooms", None, "1000", "Most rooms at once; past it CREATE gets 503.", _number("max-rooms", int, 1)],
         ["max-members", None, "250", "Most members in one room; past it JOIN gets 503.", _number("max-members", int, 1)],
+        ["max-connections", None, "1000",
+         "Most TCRP connections open at once; past it a connection gets 503.", _number("max-connections", int, 1)],
+        ["max-per-address", None, "20",
+         "Most TCRP connections open at once from one address; past it 429.", _number("max-per-address", int, 1)],
+        ["request-rate", None, "5",
+         "TCRP requests a second per address, on average (0: no limit); past it 429.",
+         _number("request-rate", float, 0)],
+        ["request-burst", None, "20", "TCRP requests one address may make at once.", _number("request-burst", int, 1)],
+        ["password-rate", None, "3",
+         "Wrong room passwords a minute per address and room, once the burst is spent; past it 429.",
+         _number("password-rate", float, 0)],
+        ["password-burst", None, "5",
+         "Wrong passwords per address and room before the rate applies.", _number("password-burst", int, 1)],
+        ["member-rate", None, "20",
+         "Datagrams a second per member, on average (0: no limit); the rest are dropped.",
+         _number("member-rate", float, 0)],
+        ["member-burst", None, "40", "Datagrams one member may send at once.", _number("member-burst", int, 1)],
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
@@ -121,13 +138,22 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         timeout=config["timeout"],
         max_rooms=config["max-rooms"],
         max_members=config["max-members"],
+        member_rate=config["member-rate"],
+        member_burst=config["member-burst"],
     )
-    factory: Any = TCRPFactory(
+    tcrp = TCRPFactory(
         rooms,
         reactor,
         max_payload=config["max-payload"],
         request_timeout=config["request-timeout"],
+        max_connections=config["max-connections"],
+        max_per_address=config["max-per-address"],
+        request_rate=config["request-rate"],
+        request_burst=config["request-burst"],
+        password_rate=config["password-rate"] / 60,
+        password_burst=config["password-burst"],
     )
+    factory: Any = tcrp
     if config["no-tls"]:
         banner.append("TLS is OFF: TCRP (tokens and keys included) travels in clear text")
     else:
@@ -149,5 +175,5 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         factory = TLSMemoryBIOFactory(options, False, factory)
     endpoint = endpoints.serverFromString(reactor, config["tcp-endpoint"])
     return OcmService(
-        rooms, endpoint, factory, config["udp"], config["interface"], reactor, banner
+        rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner
     )

@@ -14,6 +14,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from ocm import passwords
+from ocm.limits import Buckets
+from ocm.names import name_key
 from ocm.rooms import RoomService, normalize_ip
 from ocm.tcrp import (
     DEFAULT_MAX_PAYLOAD,
@@ -44,6 +46,9 @@ class TCRPServerProtocol(Protocol):
     def __init__(self) -> None:
         self._deadline: IDelayedCall | None = None
         self._answered = False
+        self._counted = False
+        self._refusing = False
+        self._rate_refusal: ProtocolError | None = None
         self.peer_ip = ""
 
     def connectionMade(self) -> None:
@@ -58,12 +63,34 @@ class TCRPServerProtocol(Protocol):
                 set_no_delay(True)
             except Exception:
                 pass
+        try:
+            self._counted = f.admit(self.peer_ip)
+        except ProtocolError as e:
+            # Over a connection cap: answer at once (nothing to echo yet) and
+            # free the slot; past a bound, not even an answer.
+            if f.refusing >= f.max_refusing:
+                f.refusals["shed"] += 1
+                self._answered = True
+                self.transport.abortConnection()
+                return
+            f.refusing += 1
+            self._refusing = True
+            self._refuse(e)
+            return
+        # The request rate is charged per connection, and refused once the
+        # header arrives, so the refusal can echo the operation and room.
+        if not f.requests.take(self.peer_ip, f.clock.seconds()):
+            self._rate_refusal = ProtocolError(
+                Status.TOO_MANY, "too many requests from your address; slow down"
+            )
 
     def dataReceived(self, data: bytes) -> None:
         if self._answered:
             return
         try:
             request = self.parser.feed(data)
+            if self._rate_refusal is not None and self.parser.header is not None:
+                raise self._rate_refusal
         except ProtocolError as e:
             self._refuse(e)
             return
@@ -89,14 +116,7 @@ class TCRPServerProtocol(Protocol):
             else:
                 room = service.room_for_join(request.room)
                 if room.password is not None:
-                    ok = bool(request.password) and await self.factory.offload(
-                        passwords.verify_password, request.password, room.password
-                    )
-                    if not ok:
-                        raise ProtocolError(
-                            Status.UNAUTHORIZED,
-                            f"wrong or missing password for room {room.name!r}",
-                        )
+                    await self._check_password(request.password, room)
                 if not self.connected:
                     return
                 member = service.join_room(request.room, request.username, self.peer_ip, expected=room)
@@ -111,6 +131,27 @@ class TCRPServerProtocol(Protocol):
             + encode_complete(op, room_bytes, body)
         )
         self._finish()
+
+    async def _check_password(self, password: str, room: Any) -> None:
+        """
+        Verify a room password, a few guesses a minute per address and room:
+        a try is paid for up front (so parallel guesses cannot outrun the
+        limit) and refunded when right (so people behind one NAT can join).
+        """
+        f = self.factory
+        now = f.clock.seconds()
+        bucket = f.password_tries.get((self.peer_ip, name_key(room.name)), now)
+        if not bucket.take(now):
+            raise ProtocolError(
+                Status.TOO_MANY,
+                f"too many wrong passwords for room {room.name!r} from your address; "
+                f"try again in {bucket.wait(now):.0f} s",
+            )
+        ok = bool(password) and await f.offload(passwords.verify_password, password, room.password)
+        if ok:
+            bucket.refund()
+            return
+        raise ProtocolError(Status.UNAUTHORIZED, f"wrong or missing password for room {room.name!r}")
 
     def _refuse(self, error: ProtocolError) -> None:
         self._answered = True
@@ -149,6 +190,12 @@ class TCRPServerProtocol(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = False
         self._cancel_deadline()
+        if self._counted:
+            self._counted = False
+            self.factory.release(self.peer_ip)
+        if self._refusing:
+            self._refusing = False
+            self.factory.refusing -= 1
 
 
 class TCRPFactory(Factory):
@@ -162,11 +209,48 @@ class TCRPFactory(Factory):
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         request_timeout: float = 10.0,
+        max_connections: int = 1000,
+        max_per_address: int = 20,
+        request_rate: float = 5.0,
+        request_burst: float = 20.0,
+        password_rate: float = 3 / 60,
+        password_burst: float = 5.0,
         offload: Offload = threads.deferToThread,
     ) -> None:
         self.service = service
         self.clock = clock
         self.max_payload = max_payload
         self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
         self.offload = offload
         self.refusals: Counter[Any] = Counter()
+        self.requests = Buckets(request_rate, request_burst)
+        self.password_tries = Buckets(password_rate, password_burst)
+        self.active = 0
+        self.per_address: Counter[str] = Counter()
+        # Connections refused for a cap but not yet closed; past
+        # max_refusing they are dropped without an answer.
+        self.refusing = 0
+        self.max_refusing = 256
+
+    def admit(self, ip: str) -> bool:
+        """Count a new connection in, or raise the refusal for a full cap."""
+        if self.active >= self.max_connections:
+            raise ProtocolError(Status.UNAVAILABLE, "the server has all the connections it can take; try again soon")
+        if self.per_address[ip] >= self.max_per_address:
+            raise ProtocolError(Status.TOO_MANY, "too many open connections from your address")
+        self.active += 1
+        self.per_address[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.active -= 1
+        self.per_address[ip] -= 1
+        if not self.per_address[ip]:
+            del self.per_address[ip]
+
+    def prune(self) -> None:
+        now = self.clock.seconds()
+        self.requests.prune(now)
+        self.password_tries.prune(now)

@@ -1,0 +1,92 @@
+"""
+Rate limits as token buckets (issue 4): requests per address, wrong
+passwords per address and room, datagrams per member. Plain arithmetic on
+times the caller passes in, so a fake clock drives them in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+
+class TokenBucket:
+    """
+    Holds up to C{burst} tokens and gains C{rate} a second. A C{rate} of 0
+    means no limit at all.
+    """
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def _refill(self, now: float) -> float:
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.tokens = tokens
+        self.stamp = now
+        return tokens
+
+    def take(self, now: float) -> bool:
+        if not self.rate:
+            return True
+        if self._refill(now) >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def refund(self) -> None:
+        """Give back a token taken for something that turned out fine."""
+        self.tokens = min(self.burst, self.tokens + 1.0)
+
+    def ready(self, now: float) -> bool:
+        """Whether L{take} would succeed, without taking."""
+        return not self.rate or self._refill(now) >= 1.0
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next token."""
+        if not self.rate:
+            return 0.0
+        return max(0.0, (1.0 - self._refill(now)) / self.rate)
+
+    def full(self, now: float) -> bool:
+        return not self.rate or self._refill(now) >= self.burst
+
+
+class Buckets:
+    """
+    One bucket per key, made on first use. Full buckets carry no state worth
+    keeping, so L{prune} forgets them; past C{max_keys} after pruning, the
+    map starts afresh rather than refusing newcomers (failing open on the
+    rate limit, never on the service).
+    """
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: dict[Hashable, TokenBucket] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def get(self, key: Hashable, now: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self.prune(now)
+                if len(self._buckets) >= self.max_keys:
+                    self._buckets.clear()
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket
+
+    def take(self, key: Hashable, now: float) -> bool:
+        return not self.rate or self.get(key, now).take(now)
+
+    def prune(self, now: float) -> None:
+        for key in [k for k, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[key]

@@ -1,0 +1,3 @@
+from ocm.bench import main
+
+main()

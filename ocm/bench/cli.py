@@ -1,0 +1,87 @@
+"""What C{ocm-bench} does with its options: one run, or a comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from ocm.bench.report import format_compare, format_run, summarize
+from ocm.bench.run import Load, Target, run_once
+from ocm.bench.spawn import Server
+
+
+class StatusLine:
+    """The live progress line: rewritten in place on a terminal, else one line each."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            sys.stderr.write("\r\x1b[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty and not self.quiet:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def load_from(options: Any) -> Load:
+    return Load(
+        rooms=options["rooms"], members=options["members"], rate=options["rate"],
+        duration=options["duration"], warmup=options["warmup"], drain=options["drain"],
+        size=options["size"], readers=options["readers"], workers=options["workers"],
+        concurrency=options["concurrency"],
+    )
+
+
+async def spawned_run(reactor: Any, load: Load, kind: str, options: Any, status: StatusLine) -> dict[str, Any]:
+    tls = not options["no-tls"]
+    server = Server(reactor, kind, options["host"], tls, load.rooms, load.members)
+    pin = options["pin"]
+    try:
+        if pin is not None:
+            cpus = sorted(os.sched_getaffinity(0))
+            other = next(c for c in cpus if c != pin)
+            os.sched_setaffinity(server.pid, {pin})
+            os.sched_setaffinity(0, {other})
+        await server.ready()
+        target = Target(kind, options["host"], server.tcp_port, server.tls, server.pid)
+        return await run_once(reactor, load, target, status, pin=None if pin is None else other)
+    finally:
+        await server.stop()
+
+
+async def run(reactor: Any, options: Any) -> None:
+    load = load_from(options)
+    status = StatusLine(options["quiet"])
+    if options["compare"]:
+        runs = []
+        for round_ in range(options["rounds"]):
+            for kind in ("floor", "ocm"):
+                result = await spawned_run(reactor, load, kind, options, status)
+                status.done()
+                if not options["json"]:
+                    print(f"round {round_ + 1}: " + format_run(result), flush=True)
+                runs.append(result)
+        summary = summarize(runs)
+        if options["json"]:
+            print(json.dumps(summary | {"runs": runs}, indent=2))
+        else:
+            print(format_compare(summary))
+        return
+    if options["spawn"]:
+        result = await spawned_run(reactor, load, options["server"], options, status)
+    else:
+        target = Target("ocm", options["host"], options["tcp"], not options["no-tls"], options["daemon-pid"])
+        result = await run_once(reactor, load, target, status)
+    status.done()
+    print(json.dumps(result, indent=2) if options["json"] else format_run(result))

@@ -1,0 +1,170 @@
+"""
+The floor: the least Python that does the daemon's per-datagram work, to
+measure ocm against. One process, no Twisted: a blocking C{recvfrom} loop
+that finds the member by token, opens the datagram (one AES-GCM decrypt),
+and for a CHAT seals the event once per member and C{sendto}s it.
+
+It skips what a real server must do and costs little (the replay window,
+the token's IP, liveness, events other than MESSAGE), so ocm can only come
+close to it, never pass it. Joins come in over plain TCRP, served one at a
+time by a thread with the same codec the daemon uses; join speed is not
+what the floor is for.
+
+    python -m ocm.bench.floor --tcp PORT --udp PORT [--host 127.0.0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import secrets
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ocm.relay import enlarge_buffers
+from ocm.tcrp import Op, ProtocolError, RequestParser, Status, encode_complete, encode_response
+
+
+class Room:
+    __slots__ = ("members", "seq")
+
+    def __init__(self) -> None:
+        self.members: list[Member] = []  # a list: appended by the TCRP thread while the loop reads it
+        self.seq = 0
+
+
+class Member:
+    __slots__ = ("name", "aead", "room", "address", "sent")
+
+    def __init__(self, name: str, key: bytes, room: Room) -> None:
+        self.name = name.encode()
+        self.aead = AESGCM(key)
+        self.room = room
+        self.address: Any = None
+        self.sent = 0
+
+
+class Floor:
+    def __init__(self, host: str, tcp_port: int, udp_port: int) -> None:
+        self.rooms: dict[str, Room] = {}
+        self.tokens: dict[bytes, Member] = {}
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        enlarge_buffers(self.udp)
+        self.udp.bind((host, udp_port))
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind((host, tcp_port))
+        self.tcp.listen(512)
+
+    # -- joins, on a thread -------------------------------------------------
+
+    def serve_joins(self) -> None:
+        while True:
+            conn, _ = self.tcp.accept()
+            with conn:
+                conn.settimeout(10)
+                try:
+                    self._answer(conn)
+                except OSError:
+                    pass
+
+    def _answer(self, conn: socket.socket) -> None:
+        parser = RequestParser()
+        request = None
+        try:
+            while request is None:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                request = parser.feed(data)
+            body = self._join(request)
+        except ProtocolError as e:
+            header = parser.header
+            conn.sendall(encode_response(header.op if header else 0, parser.room_bytes, e.status, e.message))
+            return
+        op, room = parser.header.op, parser.room_bytes
+        conn.sendall(encode_response(op, room, Status.OK, "ok") + encode_complete(op, room, body))
+
+    def _join(self, request: Any) -> dict[str, Any]:
+        if request.op == Op.LIST_ROOMS:
+            return {"rooms": [{"name": n, "members": len(r.members), "password": False}
+                              for n, r in self.rooms.items()]}
+        room = self.rooms.get(request.room)
+        if request.op == Op.CREATE_ROOM:
+            if room is not None:
+                raise ProtocolError(Status.CONFLICT, "room exists")
+            room = self.rooms[request.room] = Room()
+        elif room is None:
+            raise ProtocolError(Status.NOT_FOUND, "no such room")
+        key = secrets.token_bytes(32)
+        token = secrets.token_hex(16)
+        member = Member(request.username, key, room)
+        self.tokens[token.encode()] = member
+        room.members.append(member)
+        return {
+            "token": token, "key": base64.b64encode(key).decode(),
+            "udp_port": self.udp.getsockname()[1], "host": len(room.members) == 1,
+            "members": [m.name.decode() for m in room.members], "timeout": 3600,
+        }
+
+    # -- the loop being measured ---------------------------------------------
+
+    def relay(self) -> None:
+        recvfrom = self.udp.recvfrom
+        sendto = self.udp.sendto
+        tokens = self.tokens
+        nonce = struct.Struct(">IQ").pack
+        head = struct.Struct(">BQQB").pack
+        clock = time.time
+        while True:
+            data, address = recvfrom(8192)
+            try:
+                room_size = data[0]
+                h = 2 + room_size + data[1]
+                member = tokens.get(data[2 + room_size : h])
+                if member is None:
+                    continue
+                inner = member.aead.decrypt(data[h : h + 12], data[h + 12 :], data[:h])
+            except (IndexError, ValueError, InvalidTag):
+                continue
+            member.address = address
+            if inner[:1] != b"\x01":
+                continue
+            room = member.room
+            room.seq += 1
+            name = member.name
+            event = head(1, room.seq, int(clock() * 1000), len(name)) + name + inner[1:]
+            for m in room.members:
+                to = m.address
+                if to is not None:
+                    m.sent += 1
+                    n = nonce(2, m.sent)
+                    try:
+                        sendto(n + m.aead.encrypt(n, event, None), to)
+                    except OSError:
+                        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ocm.bench.floor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--tcp", type=int, required=True)
+    parser.add_argument("--udp", type=int, required=True)
+    args = parser.parse_args(argv)
+    floor = Floor(args.host, args.tcp, args.udp)
+    threading.Thread(target=floor.serve_joins, daemon=True).start()
+    print(f"floor listening: TCRP on {args.host}:{args.tcp}, UDP on port {args.udp}", flush=True)
+    try:
+        floor.relay()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

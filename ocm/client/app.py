@@ -1,0 +1,321 @@
+"""
+The chat client as one object: enter a room over TCRP (asking, when a person
+is at the keyboard, for what the command line left out), then run the UDP
+session and the console until the member leaves or the room goes away.
+
+The exit status says how it ended: 0 after leaving on purpose (/leave,
+/quit, end of input, Ctrl-C), 1 when the room was closed by others or
+anything failed, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from ocm.client.console import Console, InputClosed
+from ocm.client.display import (
+    event_line,
+    lost_line,
+    members_line,
+    quoted,
+    rooms_lines,
+    sanitize,
+)
+from ocm.client.errors import EXIT_FAILURE, EXIT_OK, ClientError, RequestRefused, UsageError
+from ocm.client.session import ChatSession, Membership
+from ocm.client.tcrp import Reply, Server, list_rooms, request
+from ocm.datagram import MAX_TEXT, Event, EventKind
+from ocm.names import name_key, name_problem
+from ocm.tcrp import Op, Status
+
+HELP = [
+    "Commands:",
+    "  /help    this list",
+    "  /who     who is in the room",
+    "  /rooms   the rooms on this server",
+    "  /leave   leave the room and exit (also /quit, Ctrl-D or Ctrl-C)",
+    "  //text   send a message that starts with one /",
+    f"Any other line is sent to the room (at most {MAX_TEXT} bytes).",
+]
+
+# How long the console may take to flush its output when the client ends.
+FLUSH_TIMEOUT = 2.0
+# Chances to type a right password or a free name before giving up.
+ATTEMPTS = 3
+
+
+@dataclass
+class Settings:
+    name: str | None = None
+    room: str | None = None
+    password: str | None = None
+    mode: str | None = None  # "create", "join", or None: join if it exists
+    list_only: bool = False
+    interactive: bool = False
+    echo_wait: float = 2.0  # at end of input, how long to wait for our echoes
+
+
+class ChatClient:
+    """
+    Implements the session's listener; C{err} takes messages for stderr.
+    L{run} returns a Deferred of the exit status.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: Settings,
+        server: Server,
+        console: Console,
+        err: Callable[[str], None],
+    ) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.server = server
+        self.console = console
+        self.err = err
+        # Notes about our own doing: on the terminal in line with the chat for
+        # a person, on stderr for a script, whose stdout holds only the chat.
+        self.note: Callable[[str], None] = console.write_line if settings.interactive else err
+        self.session: ChatSession | None = None
+        self.membership: Membership | None = None
+        self.port: Any = None
+        self.code: int | None = None
+        self.finished: defer.Deferred[int] = defer.Deferred()
+        self._task: defer.Deferred[None] | None = None
+
+    # -- start --------------------------------------------------------------
+
+    def run(self) -> defer.Deferred[int]:
+        self._task = defer.ensureDeferred(self._start())
+        self._task.addErrback(self._start_failed)
+        return self.finished
+
+    def _start_failed(self, failure: Failure) -> None:
+        if failure.check(ClientError):
+            self.err(failure.value.sentence)
+            self.finish(failure.value.exit_code)
+        elif failure.check(InputClosed):
+            self.err("Input ended before a room was joined.")
+            self.finish(EXIT_FAILURE)
+        elif failure.check(defer.CancelledError):
+            self.finish(EXIT_FAILURE)
+        else:
+            self.err("Internal error in ocm-client (please report it):\n" + failure.getTraceback())
+            self.finish(EXIT_FAILURE)
+
+    async def _start(self) -> None:
+        s = self.settings
+        if s.list_only:
+            for line in rooms_lines(await list_rooms(self.reactor, self.server)):
+                self.console.write_line(line)
+            self.finish(EXIT_OK)
+            return
+        name = s.name if s.name is not None else await self._ask_name("Your name: ", "username")
+        room = s.room if s.room is not None else await self._ask_name("Room: ", "room name")
+        reply, op, name = await self._enter(name, room)
+        if self.code is not None:
+            return
+        self._joined(Membership.from_reply(room, name, reply), op)
+
+    async def _ask_name(self, prompt: str, what: str) -> str:
+        if not self.settings.interactive:
+            raise UsageError(f"No {what} given.")
+        while True:
+            answer = (await self.console.ask(prompt)).strip()
+            problem = name_problem(answer, what)
+            if problem is None:
+                return answer
+            self.note(f"That {what} will not do: {problem}.")
+
+    async def _enter(self, name: str, room: str) -> tuple[Reply, Op, str]:
+        s = self.settings
+        password = s.password
+        mode = s.mode
+        if mode is None and s.interactive:
+            listed = await list_rooms(self.reactor, self.server)
+            found = [
+                r for r in listed
+                if isinstance(r, dict) and isinstance(r.get("name"), str)
+                and name_key(r["name"]) == name_key(room)
+            ]
+            if found:
+                mode = "join"
+                if found[0].get("password") is True and password is None:
+                    password = await self.console.ask(f"Password for room {quoted(room)}: ", secret=True)
+            else:
+                answer = await self.console.ask(f"Room {quoted(room)} does not exist. Create it? [Y/n] ")
+                if answer.strip().lower() not in ("", "y", "yes"):
+                    raise ClientError("No room was joined.")
+                mode = "create"
+        if mode == "create" and password is None and s.interactive:
+            password = await self.console.ask(
+                "Password for the new room (Enter for an open room): ", secret=True
+            )
+        op = Op.CREATE_ROOM if mode == "create" else Op.JOIN_ROOM
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                reply = await request(self.reactor, self.server, op, room, name, password or "")
+                return reply, op, name
+            except RequestRefused as e:
+                retry = s.interactive and op == Op.JOIN_ROOM and attempt < ATTEMPTS
+                if retry and e.status == Status.UNAUTHORIZED:
+                    self.note(e.sentence)
+                    password = await self.console.ask(f"Password for room {quoted(room)}: ", secret=True)
+                elif retry and e.status == Status.CONFLICT:
+                    self.note(e.sentence)
+                    name = await self._ask_name("Choose another name: ", "username")
+                else:
+                    raise self._hint(e, op)
+        raise AssertionError("unreachable")
+
+    def _hint(self, e: RequestRefused, op: Op) -> ClientError:
+        """In a script, add which option would have helped."""
+        if self.settings.interactive:
+            return e
+        hint = {
+            Status.NOT_FOUND: " Use --create to create it.",
+            Status.UNAUTHORIZED: " Give it with --password or the OCM_PASSWORD variable.",
+            Status.CONFLICT: " Use --join to join it." if op == Op.CREATE_ROOM else " Choose another --name.",
+        }.get(e.status, "")
+        return RequestRefused(e.sentence + hint, e.status, e.server_message)
+
+    def _joined(self, membership: Membership, op: Op) -> None:
+        self.membership = membership
+        self.session = ChatSession(membership, self, self.reactor)
+        interface = "::" if ":" in membership.server_ip else ""
+        self.port = self.reactor.listenUDP(0, self.session, interface=interface)
+        room, name = quoted(membership.room), quoted(membership.name)
+        if op == Op.CREATE_ROOM:
+            self.note(f"Created room {room} as {name}; you are its host, and it closes when you leave.")
+        else:
+            members = ", ".join(sanitize(m) for m in membership.members)
+            self.note(f"Joined room {room} as {name}. Members: {members}.")
+        if self.settings.interactive:
+            self.note("Type a message and press Enter; /help lists the commands.")
+        self.console.listen(self._line, self._end_of_input)
+
+    # -- typing -------------------------------------------------------------
+
+    def _line(self, raw: bytes, size: int) -> None:
+        if self.code is not None or self.session is None:
+            return
+        if size > MAX_TEXT + 1:
+            self.note(f"Not sent: the line is {size} bytes long; the limit is {MAX_TEXT} bytes.")
+            return
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.note("Not sent: the line is not valid UTF-8.")
+            return
+        if not text.strip():
+            return
+        if self.settings.interactive and text.startswith("/"):
+            if not text.startswith("//"):
+                self._command(text)
+                return
+            text = text[1:]
+        size = len(text.encode("utf-8"))
+        if size > MAX_TEXT:
+            self.note(f"Not sent: the line is {size} bytes long; the limit is {MAX_TEXT} bytes.")
+            return
+        self.session.say(text)
+
+    def _command(self, text: str) -> None:
+        word = text.split()[0].lower()
+        if word == "/help":
+            for line in HELP:
+                self.console.write_line(line)
+        elif word == "/who":
+            m = self.membership
+            self.console.write_line(members_line(m.room, self.session.members, m.name, m.host))
+        elif word == "/rooms":
+            defer.ensureDeferred(self._show_rooms())
+        elif word in ("/leave", "/quit"):
+            self.leave()
+        else:
+            self.note(f"Unknown command {sanitize(word)}; /help lists the commands.")
+
+    async def _show_rooms(self) -> None:
+        try:
+            rooms = await list_rooms(self.reactor, self.server)
+        except ClientError as e:
+            self.note(e.sentence)
+            return
+        for line in rooms_lines(rooms):
+            self.console.write_line(line)
+
+    def _end_of_input(self) -> None:
+        if self.code is not None or self.session is None:
+            return
+        # Lines just sent are still on their way; leaving at once would close
+        # the room (or our port) before their echoes came back.
+        d = self.session.wait_for_echoes(self.settings.echo_wait)
+        d.addCallback(lambda _: self.leave())
+
+    # -- the session's listener ---------------------------------------------
+
+    def event_received(self, event: Event) -> None:
+        line = event_line(event)
+        if line is not None:
+            self.console.write_line(line)
+        if event.kind == EventKind.CLOSED and not self.session.left:
+            self.finish(EXIT_FAILURE)
+
+    def messages_lost(self, count: int) -> None:
+        self.console.write_line(lost_line(count))
+
+    def server_unreachable(self) -> None:
+        if self.code is None:
+            self.err(f"Lost contact with the server: nothing listens on its UDP port "
+                     f"{self.membership.udp_port} any more.")
+            self.finish(EXIT_FAILURE)
+
+    # -- the end ------------------------------------------------------------
+
+    def leave(self) -> None:
+        """Leave on purpose: LEAVE to the server, exit status 0."""
+        if self.session is not None:
+            self.session.leave()
+        self.finish(EXIT_OK)
+
+    def interrupt(self) -> None:
+        """Ctrl-C: leave if in a room, else give up."""
+        if self.settings.interactive:
+            self.console.write("\n")  # past the ^C the terminal shows
+        if self.session is not None:
+            self.leave()
+            return
+        if self.code is None:
+            self.note("Interrupted.")
+            self.finish(EXIT_FAILURE)
+        if self._task is not None:
+            self._task.cancel()
+
+    def shutdown(self) -> None:
+        """The reactor is stopping (SIGTERM): still say goodbye."""
+        if self.session is not None:
+            self.leave()
+        else:
+            self.finish(EXIT_FAILURE)
+
+    def finish(self, code: int) -> None:
+        if self.code is not None:
+            return
+        self.code = code
+        if self.port is not None:
+            self.port.stopListening()
+        closing = self.console.close()
+        timer = self.reactor.callLater(FLUSH_TIMEOUT, lambda: done(None))
+
+        def done(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not self.finished.called:
+                self.finished.callback(code)
+
+        closing.addBoth(done)

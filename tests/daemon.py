@@ -70,7 +70,9 @@ class DaemonMixin:
             wire.CREATE_ROOM if create else wire.JOIN_ROOM, room, body, bind=tcp_bind
         )
         self.assertEqual(status, 200)
-        member = wire.Member(reactor, room.encode(), complete, self.server, bind=udp_bind)
+        # A stranger sends where the COMPLETE body says, not where we know.
+        server = ("127.0.0.1", complete["udp_port"])
+        member = wire.Member(reactor, room.encode(), complete, server, bind=udp_bind)
         self.addCleanup(member.close)
         member.heartbeat()
         return member

@@ -13,6 +13,7 @@ import stat
 
 from twisted.internet import reactor
 from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests import wire
@@ -24,7 +25,9 @@ class StatusTests(DaemonMixin, TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.start_daemon("--max-payload", "1024")
+        # Many requests from one address: the request rate is not what is
+        # tested here (test_integration_limits is about it).
+        self.start_daemon("--max-payload", "1024", "--request-rate", "0")
 
     async def refused(
         self, data: bytes | list[bytes], status: int, op: int, room: bytes = b""
@@ -147,7 +150,10 @@ class StatusTests(DaemonMixin, TestCase):
         self.assertEqual(sorted(body["members"]), ["alice", "bob"])
 
     async def test_password_to_open_room_ignored(self) -> None:
-        await self.ask(CREATE_ROOM, "Lobby", {"username": "alice"})
+        # An empty password makes an open room, as an absent one does.
+        await self.ask(CREATE_ROOM, "Lobby", {"username": "alice", "password": ""})
+        status, body = await self.ask(LIST_ROOMS, b"", {})
+        self.assertEqual(body["rooms"], [{"name": "Lobby", "members": 1, "password": False}])
         status, body = await self.ask(JOIN_ROOM, "Lobby", {"username": "bob", "password": "whatever"})
         self.assertEqual(status, 200)
         self.assertEqual(sorted(body["members"]), ["alice", "bob"])
@@ -184,6 +190,15 @@ class StatusTests(DaemonMixin, TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(body["members"], ["alice"])
         self.assertEqual(exchange.frames[1].room, b"Lobby")
+
+    async def test_one_request_per_connection(self) -> None:
+        """A second request on the same connection is not answered."""
+        first = wire.request(CREATE_ROOM, "Lobby", {"username": "alice"})
+        second = wire.request(CREATE_ROOM, "Other", {"username": "bob"})
+        frames = (await self.tcrp(first + second)).frames
+        self.assertEqual([(f.state, f.room) for f in frames], [(RESPONSE, b"Lobby"), (COMPLETE, b"Lobby")])
+        status, body = await self.ask(LIST_ROOMS, b"", {})
+        self.assertEqual([r["name"] for r in body["rooms"]], ["Lobby"])
 
     async def test_refused_request_in_pieces(self) -> None:
         data = wire.request(JOIN_ROOM, "Nowhere", {"username": "bob"})
@@ -290,3 +305,46 @@ class StopTests(DaemonMixin, TestCase):
         await svc.stopService()
         with self.assertRaises(ConnectionRefusedError):
             await wire.tcrp(reactor, port, wire.request(LIST_ROOMS, b"", {}), pin=self.pin)
+
+
+class LogTests(DaemonMixin, TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.lines: list[str] = []
+
+        def observe(event: dict) -> None:
+            self.lines.append(f"{formatEvent(event)} {event!r}")
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    async def test_fingerprint_logged(self) -> None:
+        """A person can compare the certificate's SHA-256 with the log."""
+        self.start_daemon()
+        wanted = self.pin.hex().upper()
+        self.assertTrue(
+            any(wanted in line.replace(":", "").upper() for line in self.lines),
+            "the certificate's SHA-256 fingerprint is not in the start-up log",
+        )
+
+    async def test_no_secrets_logged(self) -> None:
+        """Passwords, tokens and keys never reach a log line (PROTOCOL §5)."""
+        self.start_daemon()
+        alice = await self.enter("Vault", "alice", "hunter2-secret", create=True)
+        bob = await self.enter("Vault", "bob", "hunter2-secret")
+        await self.ask(JOIN_ROOM, "Vault", {"username": "eve", "password": "wrong-guess-42"})
+        bob.chat("hi")
+        await alice.event()  # JOINED
+        await alice.event()  # MESSAGE
+        bob.leave()
+        await alice.event()  # LEFT
+        await self.svc.stopService()
+        await alice.event()  # CLOSED
+        secrets = ["hunter2-secret", "wrong-guess-42"]
+        for m in (alice, bob):
+            secrets += [m.body["token"], m.body["key"], m.key.hex()]
+        self.assertTrue(self.lines)
+        for line in self.lines:
+            for secret in secrets:
+                self.assertNotIn(secret, line)

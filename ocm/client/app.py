@@ -170,16 +170,16 @@ class ChatClient:
                     self.note(e.sentence)
                     name = await self._ask_name("Choose another name: ", "username")
                 else:
-                    raise self._hint(e, op)
+                    raise self._hint(e, op, bool(password))
         raise AssertionError("unreachable")
 
-    def _hint(self, e: RequestRefused, op: Op) -> ClientError:
+    def _hint(self, e: RequestRefused, op: Op, password_given: bool) -> ClientError:
         """In a script, add which option would have helped."""
         if self.settings.interactive:
             return e
         hint = {
             Status.NOT_FOUND: " Use --create to create it.",
-            Status.UNAUTHORIZED: " Give it with --password or the OCM_PASSWORD variable.",
+            Status.UNAUTHORIZED: "" if password_given else " Give it with --password or the OCM_PASSWORD variable.",
             Status.CONFLICT: " Use --join to join it." if op == Op.CREATE_ROOM else " Choose another --name.",
         }.get(e.status, "")
         return RequestRefused(e.sentence + hint, e.status, e.server_message)

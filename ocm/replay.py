@@ -36,7 +36,12 @@ class ReplayWindow:
     def accept(self, counter: int) -> None:
         if counter > self.highest:
             shift = counter - self.highest
-            self._seen = ((self._seen << shift) | 1) & ((1 << (WINDOW + 1)) - 1)
+            # A jump past the window forgets every bit; shifting by it would
+            # build an integer of up to 2**64 bits (a client picks the jump).
+            if shift > WINDOW:
+                self._seen = 1
+            else:
+                self._seen = ((self._seen << shift) | 1) & ((1 << (WINDOW + 1)) - 1)
             self.highest = counter
         else:
             self._seen |= 1 << (self.highest - counter)

@@ -24,7 +24,7 @@ from ocm import tls
 from ocm.client.__main__ import main, parse_args
 from ocm.client.app import ChatClient, Settings
 from ocm.client.console import Console
-from ocm.client.errors import ClientError, RequestRefused
+from ocm.client.errors import RequestRefused
 from ocm.client.tcrp import Server, request
 from ocm.client.trust import CATrust, KnownServers, NoTLS, PinnedTrust, Trust
 from ocm.datagram import MAX_TEXT, EventKind, encode_event, seal_server

@@ -245,6 +245,19 @@ class ChatTests(ClientTestCase):
         self.assertEqual(bot.out.count("bot: "), 3)
         self.assertIn(f"Not sent: the line is {MAX_TEXT + 1} bytes long; the limit is {MAX_TEXT} bytes.", bot.err)
 
+    async def test_many_piped_lines_all_arrive(self) -> None:
+        # More than the daemon's flood limit lets through at once: paced.
+        alice = await self.host("logs")
+        bot = self.client("bot", "logs")
+        lines = [f"log line {i}" for i in range(50)]
+        bot.type(*lines)
+        bot.end_input()
+        self.assertEqual(await bot.exit_code(), 0)
+        await alice.shows("bot: log line 49\n")
+        got = [line.split("bot: ", 1)[1] for line in alice.out.splitlines() if "bot: " in line]
+        self.assertEqual(got, lines)
+        self.assertNotIn("lost", alice.out)
+
     async def test_line_rules(self) -> None:
         alice = await self.host()
         alice.type("y" * MAX_TEXT)

@@ -15,7 +15,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from ocm.client.errors import ClientError
-from ocm.client.session import ChatSession, Membership
+from ocm.client.session import SEND_BURST, SEND_RATE, ChatSession, Membership
 from ocm.client.tcrp import Reply
 from ocm.datagram import (
     Event,
@@ -256,3 +256,59 @@ class MembershipTests(unittest.TestCase):
         self.assertTrue(m.host)
         self.assertEqual(m.members, ("alice", "bob"))
         self.assertEqual(m.timeout, TIMEOUT)
+
+
+class PacingTests(unittest.TestCase):
+    """A script's burst of lines is paced below the daemon's flood limit."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.membership = Membership.from_reply("Lobby", "bob", reply())
+        self.listener = Recorder()
+        self.session = ChatSession(self.membership, self.listener, self.clock)
+        self.udp = FakeUDP()
+        self.session.makeConnection(self.udp)
+        self.aead = AESGCM(self.membership.key)
+
+    def chats(self) -> list[str]:
+        out = []
+        for data in self.udp.sent:
+            kind, text = parse_message(open_envelope(self.aead, parse_envelope(data)))
+            if kind == Kind.CHAT:
+                out.append(text)
+        return out
+
+    def test_burst_then_paced_in_order(self) -> None:
+        lines = [f"line {i}" for i in range(SEND_BURST + 10)]
+        for line in lines:
+            self.session.say(line)
+        self.assertEqual(self.chats(), lines[:SEND_BURST])
+        self.assertEqual(self.session.queued, 10)
+        self.clock.advance(1 / SEND_RATE)
+        self.assertEqual(len(self.chats()), SEND_BURST + 1)
+        for _ in range(20):
+            self.clock.advance(1 / SEND_RATE)
+        self.assertEqual(self.chats(), lines)
+        self.assertEqual(self.session.queued, 0)
+
+    def test_echo_wait_starts_after_the_last_line_went_out(self) -> None:
+        for i in range(SEND_BURST + 30):  # three seconds of pacing
+            self.session.say(f"m{i}")
+        waited = self.session.wait_for_echoes(2.0)
+        self.clock.pump([0.1] * 29)
+        self.assertEqual(self.session.queued, 1)
+        self.assertFalse(waited.called)
+        self.clock.pump([0.1] * 2)
+        self.assertEqual(self.session.queued, 0)
+        for i in range(SEND_BURST + 30):
+            event = encode_event(EventKind.MESSAGE, i + 1, 0, b"bob", f"m{i}".encode())
+            self.session.datagramReceived(seal_server(self.aead, i + 1, event), ("127.0.0.1", 9002))
+        self.assertTrue(waited.called)
+
+    def test_leaving_drops_the_queue(self) -> None:
+        for i in range(SEND_BURST + 5):
+            self.session.say(f"m{i}")
+        self.session.leave()
+        self.clock.advance(10)
+        self.assertEqual(len(self.chats()), SEND_BURST)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

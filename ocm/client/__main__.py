@@ -116,6 +116,7 @@ def write_stderr(text: str) -> None:
 
 def run(reactor: Any, args: argparse.Namespace, interactive: bool) -> int:
     """Run the client on C{reactor} until it ends; return the exit status."""
+    from twisted.internet.error import ReactorNotRunning
     from twisted.internet.stdio import StandardIO
 
     from ocm.client.app import ChatClient, Settings
@@ -148,7 +149,14 @@ def run(reactor: Any, args: argparse.Namespace, interactive: bool) -> int:
         client = ChatClient(reactor, settings, Server(args.host, args.port, trust), console, write_stderr)
         signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(client.interrupt))
         reactor.addSystemEventTrigger("before", "shutdown", client.shutdown)
-        client.run().addCallback(lambda code: (codes.append(code), reactor.stop()))
+        client.run().addCallback(done)
+
+    def done(code: int) -> None:
+        codes.append(code)
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping: SIGTERM, or a second Ctrl-C
 
     flags = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in (0, 1) if _valid(fd)}
     try:

@@ -33,8 +33,14 @@ from ocm.datagram import (
     open_server,
     seal_client,
 )
+from ocm.limits import TokenBucket
 from ocm.names import name_key
 from ocm.replay import ReplayWindow
+
+# Chat we send is paced to half the daemon's default flood limit (20 a
+# second, bursts of 40), so a script piping many lines loses none of them.
+SEND_RATE = 10.0
+SEND_BURST = 20
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,10 @@ class ChatSession(DatagramProtocol):
         self.left = False
         self._sent_since_beat = False
         self._echo_waiters: list[defer.Deferred[None]] = []
+        self._outbox: list[str] = []
+        self._bucket = TokenBucket(SEND_RATE, SEND_BURST, clock.seconds())
+        self._pump_call: Any = None
+        self._drain_waiters: list[defer.Deferred[None]] = []
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = clock
 
@@ -141,7 +151,14 @@ class ChatSession(DatagramProtocol):
         self._heartbeat.start(self.heartbeat_interval, now=True)
 
     def stopProtocol(self) -> None:
+        self._stop_sending()
+
+    def _stop_sending(self) -> None:
         self._stop_heartbeat()
+        if self._pump_call is not None and self._pump_call.active():
+            self._pump_call.cancel()
+        self._pump_call = None
+        self._drained()
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat.running:
@@ -152,14 +169,38 @@ class ChatSession(DatagramProtocol):
         if self.left or self.closed:
             return
         self.left = True
-        self._stop_heartbeat()
+        self._stop_sending()
         self._send(LEAVE)
 
     # -- sending ------------------------------------------------------------
 
     def say(self, text: str) -> None:
-        self.chats_sent += 1
-        self._send(chat(text))
+        """Send C{text} now, or as soon as the pace allows, in order."""
+        self._outbox.append(text)
+        if self._pump_call is None:
+            self._pump()
+
+    @property
+    def queued(self) -> int:
+        return len(self._outbox)
+
+    def _pump(self) -> None:
+        self._pump_call = None
+        while self._outbox and not self.left and not self.closed:
+            if not self._bucket.take(self.clock.seconds()):
+                # At least a tick: rounding can leave a token a hair short.
+                wait = max(0.01, self._bucket.wait(self.clock.seconds()))
+                self._pump_call = self.clock.callLater(wait, self._pump)
+                return
+            self.chats_sent += 1
+            self._send(chat(self._outbox.pop(0)))
+        self._drained()
+
+    def _drained(self) -> None:
+        """Nothing more will be sent from the outbox: release its waiters."""
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def _send(self, inner: bytes) -> None:
         if self.transport is None:
@@ -208,7 +249,7 @@ class ChatSession(DatagramProtocol):
             self.members = [m for m in self.members if name_key(m) != name_key(event.name)]
         elif kind == EventKind.CLOSED:
             self.closed = True
-            self._stop_heartbeat()
+            self._stop_sending()
         self.listener.event_received(event)
 
     def _sequence(self, seq: int) -> None:
@@ -224,12 +265,24 @@ class ChatSession(DatagramProtocol):
     # -- echoes -------------------------------------------------------------
 
     def wait_for_echoes(self, timeout: float) -> defer.Deferred[None]:
-        """Fire once the server echoed all we said, or after C{timeout}."""
-        d: defer.Deferred[None] = defer.Deferred()
-        self._echo_waiters.append(d)
-        d.addTimeout(timeout, self.clock, onTimeoutCancel=lambda result, t: None)
-        self._check_echoes()
-        return d
+        """
+        Fire once all queued lines were sent and the server echoed all we
+        said, or C{timeout} seconds after the last line went out.
+        """
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def echoes(_: object = None) -> None:
+            self._echo_waiters.append(done)
+            done.addTimeout(timeout, self.clock, onTimeoutCancel=lambda result, t: None)
+            self._check_echoes()
+
+        if self._outbox and not self.left and not self.closed:
+            drained: defer.Deferred[None] = defer.Deferred()
+            drained.addCallback(echoes)
+            self._drain_waiters.append(drained)
+        else:
+            echoes()
+        return done
 
     def _check_echoes(self) -> None:
         if self.echoes < self.chats_sent:

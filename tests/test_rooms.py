@@ -129,7 +129,7 @@ class RoomServiceTests(SynchronousTestCase):
     def test_joined_goes_to_others_with_an_address(self):
         alice = self.create()
         alice.send(HEARTBEAT)
-        bob = self.join()
+        self.join()
         self.assertEqual(self.kinds(alice), [(EventKind.JOINED, "bob", "")])
         self.assertEqual(self.sent, [])  # bob has no address yet
 

@@ -28,6 +28,7 @@ from ocm.client.errors import RequestRefused
 from ocm.client.tcrp import Server, request
 from ocm.client.trust import CATrust, KnownServers, NoTLS, PinnedTrust, Trust
 from ocm.datagram import MAX_TEXT, EventKind, encode_event, seal_server
+from ocm.names import name_key
 from ocm.service import OcmService
 from ocm.tap import Options, makeService
 from ocm.tcrp import Op, encode_response
@@ -60,7 +61,8 @@ class FakeStdio(StringTransport):
 class Runner:
     """One ocm-client run, driven as its user would drive it."""
 
-    def __init__(self, settings: Settings, server: Server) -> None:
+    def __init__(self, settings: Settings, server: Server, svc: OcmService | None = None) -> None:
+        self.svc = svc
         self.echo: list[bool] = []
         self.console = Console(self.echo.append)
         self.stdio = FakeStdio(self.console)
@@ -102,12 +104,19 @@ class Runner:
         return self.code  # type: ignore[return-value]
 
     async def joined(self) -> None:
+        """Wait until in the room, and the daemon knows where to send events."""
         await until(lambda: self.client.session is not None or self.code is not None, "joining")
         if self.code is not None:
             raise AssertionError(f"did not join: {self.err}")
-        # The first heartbeat has registered our address once the server
-        # echoes something to us; a LIST round trip is enough time on loopback.
-        await task.deferLater(reactor, 0.05, lambda: None)
+        m = self.client.membership
+
+        def registered() -> bool:
+            room = self.svc.rooms.rooms.get(name_key(m.room))
+            member = room.members.get(name_key(m.name)) if room else None
+            return member is not None and member.address is not None
+
+        if self.svc is not None:
+            await until(registered, "the first heartbeat to register our address")
 
     def stop(self) -> defer.Deferred[int]:
         if self.code is None:
@@ -142,7 +151,8 @@ class ClientTestCase(unittest.TestCase):
 
     def client(self, name: str | None = None, room: str | None = None, *,
                server: Server | None = None, **settings: Any) -> Runner:
-        runner = Runner(Settings(name=name, room=room, **settings), server or self.server())
+        runner = Runner(Settings(name=name, room=room, **settings), server or self.server(),
+                        getattr(self, "svc", None))
         self.addCleanup(runner.stop)
         return runner
 

@@ -16,6 +16,20 @@ from ocm.tap import Options, makeService
 from tests import wire
 
 
+def run_daemon(test: Any, *args: str, data_dir: Path) -> OcmService:
+    """Start the plugin-built daemon on loopback ports; stopped after C{test}."""
+    options = Options()
+    options.parseOptions([
+        "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "0",
+        "--interface", "127.0.0.1", "--data-dir", str(data_dir), *args,
+    ])
+    svc = makeService(options)
+    svc.privilegedStartService()
+    svc.startService()
+    test.addCleanup(lambda: svc.running and svc.stopService())
+    return svc
+
+
 class DaemonMixin:
     """For a trial TestCase: start a daemon, talk to it, clean up after."""
 
@@ -24,16 +38,7 @@ class DaemonMixin:
 
     def start_daemon(self, *args: str, data_dir: Path | None = None) -> OcmService:
         self.data_dir = data_dir or Path(self.mktemp())
-        options = Options()
-        options.parseOptions([
-            "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "0",
-            "--interface", "127.0.0.1", "--data-dir", str(self.data_dir), *args,
-        ])
-        svc = makeService(options)
-        svc.privilegedStartService()
-        svc.startService()
-        self.addCleanup(svc.stopService)
-        self.svc = svc
+        svc = self.svc = run_daemon(self, *args, data_dir=self.data_dir)
         self.pin = None if "--no-tls" in args else wire.pem_digest(
             (self.data_dir / "server.pem").read_bytes()
         )

@@ -30,8 +30,8 @@ from ocm.client.trust import CATrust, KnownServers, NoTLS, PinnedTrust, Trust
 from ocm.datagram import MAX_TEXT, EventKind, encode_event, seal_server
 from ocm.names import name_key
 from ocm.service import OcmService
-from ocm.tap import Options, makeService
 from ocm.tcrp import Op, encode_response
+from tests.daemon import run_daemon
 
 LIMIT = 10.0  # seconds any one wait may take before the test fails
 
@@ -131,17 +131,8 @@ class ClientTestCase(unittest.TestCase):
 
     def start_daemon(self, *args: str, data_dir: Path | None = None) -> OcmService:
         self.data_dir = data_dir or Path(self.mktemp())
-        options = Options()
-        options.parseOptions([
-            "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "0",
-            "--interface", "127.0.0.1", "--data-dir", str(self.data_dir), *args,
-        ])
-        svc = makeService(options)
-        svc.privilegedStartService()
-        svc.startService()
-        self.addCleanup(lambda: svc.running and svc.stopService())
-        self.svc = svc
-        return svc
+        self.svc = run_daemon(self, *args, data_dir=self.data_dir)
+        return self.svc
 
     def trust(self, accept_new: bool = False) -> PinnedTrust:
         return PinnedTrust(KnownServers(self.known), self.pin_notices.append, accept_new)

@@ -22,7 +22,7 @@ from twisted.trial import unittest
 
 from ocm import tls
 from ocm.client.__main__ import main, parse_args
-from ocm.client.app import ChatClient, Settings
+from ocm.client.app import ERASE_TYPED_LINE, ChatClient, Settings
 from ocm.client.console import Console
 from ocm.client.errors import RequestRefused
 from ocm.client.tcrp import Server, request
@@ -183,6 +183,15 @@ class ChatTests(ClientTestCase):
         self.assertEqual(bob.out, "".join(
             line + "\n" for line in bob.out.splitlines() if "bob: hello there" in line or "alice: hi bob" in line
         ))
+
+    async def test_terminal_line_replaced_by_the_echo(self) -> None:
+        alice = await self.host(interactive=True, password="", erase_typed=True)
+        alice.type("/who", "hello")
+        await alice.shows("alice: hello\n")
+        # The typed line is wiped just before sending, so it shows once, from
+        # the echo; a command's line stays.
+        self.assertEqual(alice.out.count(ERASE_TYPED_LINE), 1)
+        self.assertLess(alice.out.index(ERASE_TYPED_LINE), alice.out.index("alice: hello"))
 
     async def test_host_leaving_closes_the_room(self) -> None:
         alice = await self.host()

@@ -140,6 +140,7 @@ def run(reactor: Any, args: argparse.Namespace, interactive: bool) -> int:
     settings = Settings(
         name=args.name, room=args.room, password=args.password, mode=args.mode,
         list_only=args.list, interactive=interactive,
+        erase_typed=interactive and sys.stdout.isatty(),
     )
     codes: list[int] = []
 

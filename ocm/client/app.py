@@ -57,6 +57,11 @@ class Settings:
     list_only: bool = False
     interactive: bool = False
     echo_wait: float = 2.0  # at end of input, how long to wait for our echoes
+    # On a terminal, wipe the line just typed: the server's echo replaces it,
+    # so each message shows once, stamped, and only once delivered.
+    erase_typed: bool = False
+
+ERASE_TYPED_LINE = "\x1b[1A\x1b[2K"
 
 
 class ChatClient:
@@ -223,6 +228,8 @@ class ChatClient:
         if size > MAX_TEXT:
             self.note(f"Not sent: the line is {size} bytes long; the limit is {MAX_TEXT} bytes.")
             return
+        if self.settings.erase_typed:
+            self.console.write(ERASE_TYPED_LINE)
         self.session.say(text)
 
     def _command(self, text: str) -> None:

@@ -54,7 +54,7 @@ async def spawned_run(reactor: Any, load: Load, kind: str, options: Any, status:
             os.sched_setaffinity(server.pid, {pin})
             os.sched_setaffinity(0, {other})
         await server.ready()
-        target = Target(kind, options["host"], server.tcp_port, server.tls, server.pid)
+        target = Target(kind, options["host"], server.tcp_port, server.tls, server.pid, pin)
         return await run_once(reactor, load, target, status, pin=None if pin is None else other)
     finally:
         await server.stop()

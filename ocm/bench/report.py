@@ -72,6 +72,11 @@ def format_run(r: dict[str, Any]) -> str:
         f"({_num(cpu['daemon_us_per_delivery'], '{:.2f}')} µs/delivery), "
         f"generator {cpu['generator_pct']:.0f}%",
     ]
+    if "server_cpu" in cpu:
+        lines.append(
+            f"  cpu{cpu['server_cpu']:<8} {cpu['server_cpu_busy_pct']:.0f}% busy, of which softirq "
+            f"{cpu['server_cpu_softirq_pct']:.0f}% (loopback delivery, not in the daemon's own time)"
+        )
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 
 from ocm.bench.joins import Joiner, join_rooms
 from ocm.bench.report import merge_histograms, percentile_of, percentiles
-from ocm.bench.spawn import child_env, cpu_seconds
+from ocm.bench.spawn import child_env, cpu_seconds, cpu_ticks
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Target:
     tcp_port: int
     tls: bool
     pid: int | None = None  # for CPU time from /proc
+    cpu: int | None = None  # the CPU it is pinned to, if any
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -129,10 +130,14 @@ async def run_once(
     for worker in workers:
         worker.send({"start_at": start_at})
         worker.transport.closeStdin()
-    samples: dict[str, tuple[float | None, float]] = {}
+    samples: dict[str, tuple[float | None, float, Any]] = {}
 
     def sample(name: str) -> None:
-        samples[name] = (cpu_seconds(target.pid) if target.pid else None, _own_cpu())
+        samples[name] = (
+            cpu_seconds(target.pid) if target.pid else None,
+            _own_cpu(),
+            cpu_ticks(target.cpu) if target.cpu is not None else None,
+        )
 
     reactor.callLater(start_at + load.warmup - time.monotonic(), sample, "start")
     reactor.callLater(start_at + load.warmup + load.duration - time.monotonic(), sample, "end")
@@ -167,7 +172,15 @@ async def run_once(
     received = sum(r["received"] for r in results)
     deliveries = received * load.members / readers
     hist = merge_histograms(r["histogram"] for r in results)
-    (d0, g0), (d1, g1) = samples["start"], samples["end"]
+    (d0, g0, c0), (d1, g1, c1) = samples["start"], samples["end"]
+    pinned = {}
+    if c0 and c1 and c1[2] > c0[2]:
+        span = c1[2] - c0[2]
+        pinned = {
+            "server_cpu": target.cpu,
+            "server_cpu_busy_pct": round(100 * (c1[0] - c0[0]) / span, 1),
+            "server_cpu_softirq_pct": round(100 * (c1[1] - c0[1]) / span, 1),
+        }
     daemon_cpu = d1 - d0 if d0 is not None and d1 is not None else None
     generator_cpu = (g1 - g0) + sum(r["cpu"] for r in results)
     return {
@@ -198,7 +211,7 @@ async def run_once(
             "daemon_us_per_delivery": _round(1e6 * daemon_cpu / deliveries if daemon_cpu is not None and deliveries else None),
             "generator_s": round(generator_cpu, 3),
             "generator_pct": round(100 * generator_cpu / load.duration, 1),
-        },
+        } | pinned,
     }
 
 

@@ -10,6 +10,7 @@ C{reason} names the drop counter it belongs to.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -150,6 +151,11 @@ LEAVE = bytes((Kind.LEAVE,))
 
 def encode_event(kind: int, seq: int, time_ms: int, name: bytes, text: bytes) -> bytes:
     return _event_head.pack(kind, seq, time_ms, len(name)) + name + text
+
+
+# server_nonce(counter): the nonce of a server-to-client datagram, as a C call
+# for loops that seal once per member.
+server_nonce = functools.partial(_nonce.pack, _SERVER_PREFIX_INT)
 
 
 def seal_server(aead: AESGCM, counter: int, event: bytes) -> bytes:

@@ -27,7 +27,7 @@ from ocm.datagram import (
     open_envelope,
     parse_envelope,
     parse_message,
-    seal_server,
+    server_nonce,
 )
 from ocm.limits import TokenBucket
 from ocm.names import name_key
@@ -269,12 +269,14 @@ class RoomService:
     ) -> None:
         event = encode_event(kind, seq, int(self.clock.seconds() * 1000), name, text)
         send = self.send
+        nonce = server_nonce  # seal_server, inlined: this loop runs once per delivery
         for m in room.members.values():
             address = m.address
             if address is None or m is exclude:
                 continue
             m.sent += 1
-            send(seal_server(m.aead, m.sent, event), address)
+            n = nonce(m.sent)
+            send(n + m.aead.encrypt(n, event, None), address)
 
     def _remove(self, member: Member, timed_out: bool) -> None:
         room = member.room

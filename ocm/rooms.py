@@ -40,6 +40,10 @@ Send = Callable[[bytes, Address], None]
 
 TOKEN_BYTES = 16  # 128 bits, PROTOCOL §1's minimum
 
+# Enum members as plain module names for the datagram path: on Python 3.11
+# each Kind.X lookup costs about 0.35 us.
+_CHAT, _LEAVE, _MESSAGE = Kind.CHAT, Kind.LEAVE, EventKind.MESSAGE
+
 CLOSED_HOST_LEFT = "the host left"
 CLOSED_HOST_TIMED_OUT = "the host timed out"
 CLOSED_SHUTDOWN = "the server is shutting down"
@@ -237,14 +241,14 @@ class RoomService:
         # a flood still refreshes liveness, but relays no more than the rate.
         member.last_seen = now
         member.address = address
-        if kind != Kind.LEAVE and not member.bucket.take(now):
+        if kind != _LEAVE and not member.bucket.take(now):
             self.drops["flood"] += 1
             return
-        if kind == Kind.CHAT:
+        if kind == _CHAT:
             room = member.room
             room.seq += 1
-            self._broadcast(room, EventKind.MESSAGE, room.seq, member.name_bytes, text.encode())
-        elif kind == Kind.LEAVE:
+            self._broadcast(room, _MESSAGE, room.seq, member.name_bytes, text.encode())
+        elif kind == _LEAVE:
             self._remove(member, timed_out=False)
 
     @staticmethod

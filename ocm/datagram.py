@@ -13,6 +13,7 @@ import enum
 import functools
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -53,9 +54,12 @@ class DatagramError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """The clear part of a client datagram; C{data} is the whole datagram."""
+class Envelope(NamedTuple):
+    """
+    The clear part of a client datagram; C{data} is the whole datagram.
+    A NamedTuple, not a frozen dataclass: one is built per datagram, and a
+    frozen dataclass's __init__ costs about twice as much.
+    """
 
     room: bytes
     token: bytes

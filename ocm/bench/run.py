@@ -100,9 +100,10 @@ async def run_once(
     names = [f"bench-{run_id}-{i:05d}" for i in range(load.rooms)]
     joiner = Joiner(reactor, target.host, target.tcp_port, target.tls)
     status(f"{target.kind}: joining {load.rooms * load.members:,} members...")
-    started = time.monotonic()
+    started, daemon_before, own_before = time.monotonic(), _server_cpu(target), _own_cpu()
     rooms = await join_rooms(joiner, names, load.members, load.concurrency)
     join_seconds = time.monotonic() - started
+    daemon_after, own_after = _server_cpu(target), _own_cpu()
     joins = len(joiner.latencies)
     readers = min(load.readers, load.members)
 
@@ -194,6 +195,8 @@ async def run_once(
             "p99_ms": _ms(percentile_of(joiner.latencies, 0.99)),
             "tls": target.tls,
             "concurrency": load.concurrency,
+            "daemon_cpu_s": _round(daemon_after - daemon_before if daemon_after is not None and daemon_before is not None else None),
+            "generator_cpu_s": round(own_after - own_before, 3),
         },
         "target_per_s": load.rooms * load.members * load.rate,
         "sent_per_s": round(sent / load.duration, 1),
@@ -213,6 +216,10 @@ async def run_once(
             "generator_pct": round(100 * generator_cpu / load.duration, 1),
         } | pinned,
     }
+
+
+def _server_cpu(target: Target) -> float | None:
+    return cpu_seconds(target.pid) if target.pid else None
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -76,7 +76,7 @@ def format_run(r: dict[str, Any]) -> str:
     if "server_cpu" in cpu:
         lines.append(
             f"  cpu{cpu['server_cpu']:<8} {cpu['server_cpu_busy_pct']:.0f}% busy, of which softirq "
-            f"{cpu['server_cpu_softirq_pct']:.0f}% (loopback delivery, not in the daemon's own time)"
+            f"{cpu['server_cpu_softirq_pct']:.0f}% (mostly loopback delivery of the daemon's own sends)"
         )
     return "\n".join(lines)
 

@@ -43,9 +43,9 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def cpu_ticks(cpu: int) -> tuple[int, int, int] | None:
-    """(busy, softirq, total) clock ticks of one CPU from /proc/stat. Softirq
-    time is kept apart from any process's, and on loopback it is where much of
-    a C{sendto}'s delivery work lands."""
+    """(busy, softirq, total) clock ticks of one CPU from /proc/stat. On
+    loopback much of a C{sendto}'s delivery work runs as softirq on the
+    sender's CPU."""
     try:
         lines = Path("/proc/stat").read_text().splitlines()
     except OSError:

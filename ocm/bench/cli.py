@@ -66,7 +66,7 @@ async def run(reactor: Any, options: Any) -> None:
     if options["compare"]:
         runs = []
         for round_ in range(options["rounds"]):
-            for kind in ("floor", "ocm"):
+            for kind in ("floor", "floor-twisted", "ocm") if options["twisted-floor"] else ("floor", "ocm"):
                 result = await spawned_run(reactor, load, kind, options, status)
                 status.done()
                 if not options["json"]:

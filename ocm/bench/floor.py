@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -117,25 +117,31 @@ class Floor:
 
     def relay(self) -> None:
         recvfrom = self.udp.recvfrom
+        on_datagram = self.on_datagram()
+        while True:
+            on_datagram(*recvfrom(8192))
+
+    def on_datagram(self) -> Callable[[bytes, Any], None]:
+        """The per-datagram work, as a closure over what it needs."""
         sendto = self.udp.sendto
         tokens = self.tokens
         nonce = struct.Struct(">IQ").pack
         head = struct.Struct(">BQQB").pack
         clock = time.time
-        while True:
-            data, address = recvfrom(8192)
+
+        def on_datagram(data: bytes, address: Any) -> None:
             try:
                 room_size = data[0]
                 h = 2 + room_size + data[1]
                 member = tokens.get(data[2 + room_size : h])
                 if member is None:
-                    continue
+                    return
                 inner = member.aead.decrypt(data[h : h + 12], data[h + 12 :], data[:h])
             except (IndexError, ValueError, InvalidTag):
-                continue
+                return
             member.address = address
             if inner[:1] != b"\x01":
-                continue
+                return
             room = member.room
             room.seq += 1
             name = member.name
@@ -150,18 +156,33 @@ class Floor:
                     except OSError:
                         pass
 
+        return on_datagram
+
+    def relay_twisted(self) -> None:
+        """The same work under Twisted's reactor, to tell its cost apart."""
+        from twisted.internet import reactor
+        from twisted.internet.protocol import DatagramProtocol
+
+        self.udp.setblocking(False)
+        protocol = DatagramProtocol()
+        protocol.datagramReceived = self.on_datagram()  # type: ignore[method-assign]
+        reactor.adoptDatagramPort(self.udp.fileno(), socket.AF_INET, protocol, maxPacketSize=8192)
+        reactor.run()
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ocm.bench.floor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--tcp", type=int, required=True)
     parser.add_argument("--udp", type=int, required=True)
+    parser.add_argument("--twisted", action="store_true",
+                        help="read UDP through Twisted's reactor instead of a plain loop")
     args = parser.parse_args(argv)
     floor = Floor(args.host, args.tcp, args.udp)
     threading.Thread(target=floor.serve_joins, daemon=True).start()
     print(f"floor listening: TCRP on {args.host}:{args.tcp}, UDP on port {args.udp}", flush=True)
     try:
-        floor.relay()
+        floor.relay_twisted() if args.twisted else floor.relay()
     except KeyboardInterrupt:
         pass
 

@@ -82,23 +82,27 @@ def format_run(r: dict[str, Any]) -> str:
 
 
 def format_compare(summary: dict[str, Any]) -> str:
-    med, ratio = summary["median"], summary["ratio"]
-    rows = [f"{'':12}{'floor':>14}{'ocm':>14}{'ocm/floor':>12}"]
+    med, ratios = summary["median"], summary["ratios"]
+    kinds = list(med)
+    others = [k for k in kinds if k != "floor"]
+    rows = ["".ljust(12) + "".join(f"{k:>15}" for k in kinds)
+            + "".join(f"{k + '/floor':>20}" for k in others)]
 
-    def row(label: str, key: str, fmt: str, ratio_key: str | None = None) -> None:
-        f, o = med["floor"].get(key), med["ocm"].get(key)
-        rt = ratio.get(ratio_key) if ratio_key else None
-        rows.append(f"{label:12}{_num(f, fmt):>14}{_num(o, fmt):>14}{_num(rt, '{:.3f}', ''):>12}")
+    def row(label: str, key: str, fmt: str, with_ratio: bool = False) -> None:
+        cells = "".join(f"{_num(med[k].get(key), fmt):>15}" for k in kinds)
+        if with_ratio:
+            cells += "".join(f"{_num(ratios[k].get(key), '{:.3f}', ''):>20}" for k in others)
+        rows.append(f"{label:12}{cells}")
 
-    row("deliv/s", "deliveries_per_s", "{:,.0f}", "deliveries_per_s")
+    row("deliv/s", "deliveries_per_s", "{:,.0f}", True)
     row("loss %", "loss_pct", "{:.3f}")
     row("p50 ms", "p50_ms", "{:.1f}")
     row("p99 ms", "p99_ms", "{:.1f}")
     row("cpu %", "daemon_pct", "{:.0f}")
-    row("µs/deliv", "daemon_us_per_delivery", "{:.2f}", "daemon_us_per_delivery")
+    row("µs/deliv", "daemon_us_per_delivery", "{:.2f}", True)
     row("gen cpu %", "generator_pct", "{:.0f}")
-    n = summary["rounds"]
-    return f"medians of {n} round(s), floor and ocm alternating:\n" + "\n".join(rows)
+    return (f"medians of {summary['rounds']} round(s), {', '.join(kinds)} in turn:\n"
+            + "\n".join(rows))
 
 
 def headline(r: dict[str, Any]) -> dict[str, float | None]:
@@ -117,13 +121,24 @@ def headline(r: dict[str, Any]) -> dict[str, float | None]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians per server, and each server's ratios to the floor."""
+    kinds = list(dict.fromkeys(r["server"] for r in runs))
     med = {
         kind: {k: median(headline(r)[k] for r in runs if r["server"] == kind)
                for k in headline(runs[0])}
-        for kind in ("floor", "ocm")
+        for kind in kinds
     }
-    ratio = {}
-    for key in ("deliveries_per_s", "daemon_us_per_delivery"):
-        f, o = med["floor"][key], med["ocm"][key]
-        ratio[key] = round(o / f, 4) if f and o is not None else None
-    return {"rounds": sum(r["server"] == "ocm" for r in runs), "median": med, "ratio": ratio}
+    ratios: dict[str, dict[str, float | None]] = {}
+    for kind in kinds:
+        if kind == "floor":
+            continue
+        ratios[kind] = {}
+        for key in ("deliveries_per_s", "daemon_us_per_delivery"):
+            f, o = med.get("floor", {}).get(key), med[kind][key]
+            ratios[kind][key] = round(o / f, 4) if f and o is not None else None
+    return {
+        "rounds": sum(r["server"] == "ocm" for r in runs),
+        "median": med,
+        "ratios": ratios,
+        "ratio": ratios.get("ocm", {}),  # ocm/floor
+    }

@@ -20,6 +20,9 @@ from typing import Any
 from twisted.python import usage
 
 
+SERVERS = ("ocm", "floor", "floor-twisted", "ocm-plain")
+
+
 def _positive(kind: type, low: float = 0):
     def coerce(value: str) -> Any:
         number = kind(value)
@@ -53,7 +56,8 @@ class Options(usage.Options):
         ["daemon-pid", None, None, "Pid of the server, to report its CPU time (not with --spawn).",
          _positive(int)],
         ["server", None, "ocm",
-         "With --spawn: which server to start: ocm, floor, or floor-twisted (the floor's loop under Twisted's reactor)."],
+         "With --spawn: which server to start: ocm; floor; floor-twisted (the floor's loop under "
+         "Twisted's reactor); ocm-plain (ocm's Relay and RoomService in the floor's plain loop)."],
         ["rounds", None, "3", "With --compare: rounds of floor then ocm.", _positive(int)],
         ["pin", None, None, "Pin the spawned server to this CPU and the generator to another.",
          _positive(int, -1)],
@@ -61,7 +65,7 @@ class Options(usage.Options):
     optFlags = [
         ["spawn", None, "Start the server (python -m twisted ocm, limits raised) on free loopback ports."],
         ["compare", None, "Alternate the floor and ocm (--spawn implied), print medians and ratios."],
-        ["twisted-floor", None, "With --compare: also run the floor's loop under Twisted's reactor each round."],
+        ["twisted-floor", None, "With --compare: also run floor-twisted and ocm-plain each round."],
         ["no-tls", None, "TCRP over plain TCP (the server must be told too; --spawn does)."],
         ["json", None, "Print the figures as JSON on stdout."],
         ["quiet", "q", "No progress line on stderr."],
@@ -77,8 +81,8 @@ class Options(usage.Options):
                     raise usage.UsageError(f"--{long}: {e}")
         if self["compare"]:
             self["spawn"] = True
-        if self["server"] not in ("ocm", "floor", "floor-twisted"):
-            raise usage.UsageError("--server: ocm, floor or floor-twisted")
+        if self["server"] not in SERVERS:
+            raise usage.UsageError(f"--server: one of {', '.join(SERVERS)}")
         if self["spawn"] and (self["tcp"] or self["daemon-pid"]):
             raise usage.UsageError("--spawn starts its own server: drop --tcp and --daemon-pid")
         if not self["spawn"] and not self["tcp"]:

@@ -66,7 +66,8 @@ async def run(reactor: Any, options: Any) -> None:
     if options["compare"]:
         runs = []
         for round_ in range(options["rounds"]):
-            for kind in ("floor", "floor-twisted", "ocm") if options["twisted-floor"] else ("floor", "ocm"):
+            kinds = ("floor", "floor-twisted", "ocm-plain", "ocm") if options["twisted-floor"] else ("floor", "ocm")
+            for kind in kinds:
                 result = await spawned_run(reactor, load, kind, options, status)
                 status.done()
                 if not options["json"]:

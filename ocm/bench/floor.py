@@ -170,6 +170,60 @@ class Floor:
         reactor.run()
 
 
+class _WallClock:
+    """Enough of IReactorTime for RoomService without a reactor (no sweep)."""
+
+    seconds = staticmethod(time.time)
+
+    def callLater(self, *args: Any, **kw: Any) -> Any:
+        raise RuntimeError("no reactor here")
+
+
+class _SocketTransport:
+    """Enough of a UDP transport for ocm's Relay: its socket and port."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+    def getHost(self) -> Any:
+        return type("Host", (), {"port": self.socket.getsockname()[1]})()
+
+
+class OcmPlain(Floor):
+    """
+    ocm's own Relay and RoomService, fed by the floor's plain recvfrom loop
+    instead of Twisted's reactor: a diagnostic that tells the cost of ocm's
+    per-datagram code apart from the cost of the daemon around it. Joins are
+    made before any chat (the bench does that), so the TCRP thread never
+    changes a room while the loop walks it.
+    """
+
+    def __init__(self, host: str, tcp_port: int, udp_port: int) -> None:
+        super().__init__(host, tcp_port, udp_port)
+        from ocm.relay import Relay
+        from ocm.rooms import RoomService
+
+        self.service = RoomService(_WallClock(), max_rooms=100_000, max_members=10_000)
+        self.ocm_relay = Relay(self.service)
+        self.ocm_relay.transport = _SocketTransport(self.udp)
+        self.ocm_relay.startProtocol()
+
+    def _join(self, request: Any) -> dict[str, Any]:
+        if request.op == Op.CREATE_ROOM:
+            member = self.service.create_room(request.room, request.username, "127.0.0.1", None)
+        elif request.op == Op.JOIN_ROOM:
+            member = self.service.join_room(request.room, request.username, "127.0.0.1")
+        else:
+            return {"rooms": self.service.list_rooms()}
+        return self.service.complete_body(member)
+
+    def relay(self) -> None:
+        recvfrom = self.udp.recvfrom
+        on_datagram = self.ocm_relay.datagramReceived
+        while True:
+            on_datagram(*recvfrom(8192))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ocm.bench.floor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -177,8 +231,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--udp", type=int, required=True)
     parser.add_argument("--twisted", action="store_true",
                         help="read UDP through Twisted's reactor instead of a plain loop")
+    parser.add_argument("--ocm-code", action="store_true",
+                        help="run ocm's Relay and RoomService in the plain loop (a diagnostic)")
     args = parser.parse_args(argv)
-    floor = Floor(args.host, args.tcp, args.udp)
+    floor = (OcmPlain if args.ocm_code else Floor)(args.host, args.tcp, args.udp)
     threading.Thread(target=floor.serve_joins, daemon=True).start()
     print(f"floor listening: TCRP on {args.host}:{args.tcp}, UDP on port {args.udp}", flush=True)
     try:

@@ -98,11 +98,13 @@ class Server:
         self.tcp_port = free_port(socket.SOCK_STREAM, host)
         self.udp_port = free_port(socket.SOCK_DGRAM, host)
         self.dir = tempfile.mkdtemp(prefix=f"ocm-bench-{kind}-")
-        if kind in ("floor", "floor-twisted"):
+        if kind in ("floor", "floor-twisted", "ocm-plain"):
             args = ["-m", "ocm.bench.floor", "--host", host,
                     "--tcp", str(self.tcp_port), "--udp", str(self.udp_port)]
             if kind == "floor-twisted":
                 args.append("--twisted")
+            if kind == "ocm-plain":
+                args.append("--ocm-code")
         else:
             args = ["-m", "twisted", "--log-format", "text",
                     "--log-file", os.path.join(self.dir, "ocm.log"), "ocm",

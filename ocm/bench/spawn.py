@@ -7,6 +7,7 @@ loopback ports; and the CPU time a process has used, read from /proc.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -157,13 +158,14 @@ class Server:
             return
 
     async def stop(self, grace: float = 10.0) -> None:
-        if self._proto.ended.called:
-            return
-        self.process.signalProcess("TERM")
-        timer = self.reactor.callLater(grace, self._kill)
-        await self._proto.ended
-        if timer.active():
-            timer.cancel()
+        """SIGTERM (SIGKILL after C{grace}), then remove its directory."""
+        if not self._proto.ended.called:
+            self.process.signalProcess("TERM")
+            timer = self.reactor.callLater(grace, self._kill)
+            await self._proto.ended
+            if timer.active():
+                timer.cancel()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def _kill(self) -> None:
         try:

@@ -1,6 +1,7 @@
 """The room service on a fake clock: no sockets, no real time."""
 
 import base64
+import errno
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.task import Clock
@@ -116,6 +117,46 @@ class RoomServiceTests(SynchronousTestCase):
                              [(1, 1, "alice", "one"), (1, 2, "alice", "two"), (1, 3, "alice", "three")])
             self.assertEqual(events[0].time_ms, 1_700_000_000_000)
             self.assertEqual(events[2].time_ms, 1_700_000_001_000)
+
+    def test_a_failed_send_costs_one_delivery(self):
+        """A full buffer or unreachable peer loses that delivery, not the others."""
+        alice, bob, carol = self.create(), self.join(), self.join(user="carol", ip="10.0.0.3", port=5002)
+        for peer in (alice, bob, carol):
+            peer.send(HEARTBEAT)
+        failures = []
+
+        def send(data, address):
+            if address == bob.address:
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+            self.sent.append((data, address))
+
+        self.service.send = send
+        self.service.send_failed = lambda error, address: failures.append((error.errno, address))
+        alice.send(chat("still here"))
+        self.assertEqual(failures, [(errno.ENOBUFS, bob.address)])
+        for peer in (alice, carol):
+            self.assertEqual([(e.name, e.text) for e in peer.events()], [("alice", "still here")])
+
+    def test_send_failures_are_counted_by_default(self):
+        alice = self.create()
+        alice.send(HEARTBEAT)
+        self.service.send = lambda data, address: (_ for _ in ()).throw(OSError(errno.EAGAIN, "again"))
+        alice.send(chat("lost"))
+        self.assertEqual(self.service.drops["send"], 1)
+
+    def test_a_bug_costs_one_datagram(self):
+        """An unexpected exception is counted as 'internal', and the next datagram works."""
+        alice, bob = self.create(), self.join()
+        alice.send(HEARTBEAT)
+        bob.send(HEARTBEAT)
+        real = self.service._broadcast
+        self.service._broadcast = lambda *a, **k: 1 / 0
+        alice.send(chat("boom"))
+        self.assertEqual(self.service.drops["internal"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.service._broadcast = real
+        alice.send(chat("fine"))
+        self.assertEqual([(e.name, e.text) for e in bob.events()], [("alice", "fine")])
 
     def test_server_counters_grow_per_recipient(self):
         alice, bob = self.create(), self.join()

@@ -32,18 +32,11 @@ class TokenBucket:
         return tokens
 
     def take(self, now: float) -> bool:
-        rate = self.rate
-        if not rate:
+        if not self.rate:
             return True
-        # _refill, inlined: this runs once per datagram.
-        tokens = self.tokens + (now - self.stamp) * rate
-        if tokens > self.burst:
-            tokens = self.burst
-        self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
+        if self._refill(now) >= 1.0:
+            self.tokens -= 1.0
             return True
-        self.tokens = tokens
         return False
 
     def refund(self) -> None:

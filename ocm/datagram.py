@@ -28,6 +28,9 @@ _SERVER_PREFIX_INT = 2
 
 _nonce = struct.Struct(">IQ")
 _event_head = struct.Struct(">BQQB")
+_msg_id = struct.Struct(">I")
+_range = struct.Struct(">QQ")
+MAX_MSG_ID = (1 << 32) - 1
 
 
 class Kind(enum.IntEnum):
@@ -36,6 +39,8 @@ class Kind(enum.IntEnum):
     CHAT = 0x01
     HEARTBEAT = 0x02
     LEAVE = 0x03
+    HISTORY = 0x04  # 1.1
+    SEND = 0x05  # 1.1
 
 
 class EventKind(enum.IntEnum):
@@ -46,6 +51,9 @@ class EventKind(enum.IntEnum):
     LEFT = 0x05
     TIMED_OUT = 0x06
     CLOSED = 0x07
+    HISTORY = 0x08  # 1.1
+    ECHO = 0x09  # 1.1
+    EXPIRED = 0x0A  # 1.1
 
 
 class DatagramError(Exception):
@@ -68,6 +76,19 @@ class Envelope(NamedTuple):
     data: bytes
 
 
+class Message(NamedTuple):
+    """
+    A validated inner message. C{text} is the chat text of CHAT and SEND;
+    C{number} is SEND's msg_id, or HISTORY's first seq; C{last} is
+    HISTORY's last seq. Unused fields are "" and 0.
+    """
+
+    kind: int
+    text: str
+    number: int
+    last: int
+
+
 @dataclass(frozen=True)
 class Event:
     kind: int
@@ -75,6 +96,7 @@ class Event:
     time_ms: int
     name: str
     text: str
+    msg_id: int = 0  # ECHO's: its text is these 4 bytes, not UTF-8
 
 
 # Envelope(...) runs a Python __new__; this builds the same tuple in C, once
@@ -118,25 +140,47 @@ def open_envelope(aead: AESGCM, envelope: Envelope) -> bytes:
 # Enum members as plain module names: on Python 3.11 each Kind.X lookup
 # costs about 0.35 us, and the datagram path made several per datagram.
 _CHAT, _HEARTBEAT, _LEAVE = Kind.CHAT, Kind.HEARTBEAT, Kind.LEAVE
+_HISTORY, _SEND = Kind.HISTORY, Kind.SEND
+# Message(...) built in C, as _envelope is.
+_message = functools.partial(tuple.__new__, Message)
+_HEARTBEAT_MESSAGE = _message((_HEARTBEAT, "", 0, 0))
+_LEAVE_MESSAGE = _message((_LEAVE, "", 0, 0))
 
 
-def parse_message(inner: bytes) -> tuple[Kind, str]:
-    """Validate an inner message; returns its kind and text (empty if none)."""
+def _text(body: bytes, kind: str) -> str:
+    if not 1 <= len(body) <= MAX_TEXT:
+        raise DatagramError("malformed", f"{kind} text of {len(body)} bytes")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DatagramError("malformed", f"{kind} text is not UTF-8")
+
+
+def parse_message(inner: bytes) -> Message:
+    """Validate an inner message (PROTOCOL §2's table)."""
     if not inner:
         raise DatagramError("malformed", "empty message")
     kind = inner[0]
-    body = inner[1:]
+    if kind == _SEND:
+        if len(inner) < 5:
+            raise DatagramError("malformed", "SEND shorter than its msg_id")
+        msg_id = _msg_id.unpack_from(inner, 1)[0]
+        if not msg_id:
+            raise DatagramError("malformed", "msg_id 0")
+        return _message((_SEND, _text(inner[5:], "SEND"), msg_id, 0))
     if kind == _CHAT:
-        if not 1 <= len(body) <= MAX_TEXT:
-            raise DatagramError("malformed", f"chat text of {len(body)} bytes")
-        try:
-            return _CHAT, body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DatagramError("malformed", "chat text is not UTF-8")
+        return _message((_CHAT, _text(inner[1:], "chat"), 0, 0))
     if kind == _HEARTBEAT or kind == _LEAVE:
-        if body:
+        if len(inner) != 1:
             raise DatagramError("malformed", "body on an empty message kind")
-        return (_HEARTBEAT if kind == _HEARTBEAT else _LEAVE), ""
+        return _HEARTBEAT_MESSAGE if kind == _HEARTBEAT else _LEAVE_MESSAGE
+    if kind == _HISTORY:
+        if len(inner) != 1 + _range.size:
+            raise DatagramError("malformed", "HISTORY body is not two seqs")
+        first, last = _range.unpack_from(inner, 1)
+        if not 1 <= first <= last:
+            raise DatagramError("malformed", f"HISTORY range {first}..{last}")
+        return _message((_HISTORY, "", first, last))
     raise DatagramError("malformed", f"unknown kind {kind}")
 
 
@@ -151,6 +195,16 @@ def seal_client(
 
 def chat(text: str) -> bytes:
     return bytes((Kind.CHAT,)) + text.encode("utf-8")
+
+
+def send(msg_id: int, text: str) -> bytes:
+    """SEND (1.1): chat with a msg_id the server acknowledges with ECHO."""
+    return bytes((Kind.SEND,)) + _msg_id.pack(msg_id) + text.encode("utf-8")
+
+
+def history(first: int, last: int) -> bytes:
+    """HISTORY (1.1): ask for the room's messages first..last again."""
+    return bytes((Kind.HISTORY,)) + _range.pack(first, last)
 
 
 HEARTBEAT = bytes((Kind.HEARTBEAT,))
@@ -196,6 +250,10 @@ def parse_event(inner: bytes) -> Event:
         raise DatagramError("malformed", "event name overruns")
     try:
         name = inner[_event_head.size : end].decode("utf-8")
+        if kind == EventKind.ECHO:
+            if len(inner) - end != _msg_id.size:
+                raise DatagramError("malformed", "ECHO text is not a msg_id")
+            return Event(kind, seq, time_ms, name, "", _msg_id.unpack_from(inner, end)[0])
         text = inner[end:].decode("utf-8")
     except UnicodeDecodeError:
         raise DatagramError("malformed", "event text is not UTF-8")

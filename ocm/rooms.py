@@ -249,7 +249,7 @@ class RoomService:
                 refused = window.check(envelope.counter)
                 if refused:
                     raise DatagramError(refused)
-            kind, text = parse_message(open_envelope(member.aead, envelope))
+            kind, text, number, last = parse_message(open_envelope(member.aead, envelope))
             now = self.clock.seconds()
             window.accept(envelope.counter)
             # Counted only once authentic, so nobody can spend another's

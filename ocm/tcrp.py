@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ class State(enum.IntEnum):
 
 class Status(enum.IntEnum):
     OK = 200
+    REDIRECT = 307
     BAD_REQUEST = 400
     UNAUTHORIZED = 401
     NOT_FOUND = 404
@@ -46,12 +48,30 @@ class ProtocolError(Exception):
     """
     A request the server must refuse. C{status} is the TCRP status to answer
     with; the message is for a person and never holds a secret.
+    C{retry_after} (seconds, PROTOCOL 1.1) goes with a 429 or a momentary
+    503; C{extra} carries other keys of the response (307's C{tcp}).
     """
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = int(status)
         self.message = message
+        self.retry_after = retry_after
+        self.extra = extra
+
+    def response_fields(self) -> dict[str, Any]:
+        """The keys a RESPONSE carries besides status and message."""
+        fields = dict(self.extra or {})
+        if self.retry_after is not None:
+            # Whole seconds up: a client that waits this long is not early.
+            fields["retry_after"] = max(1, math.ceil(self.retry_after))
+        return fields
 
 
 @dataclass(frozen=True)
@@ -116,9 +136,13 @@ def encode_request(op: int, room: str, payload: dict[str, Any]) -> bytes:
     return encode_frame(op, State.REQUEST, room.encode(), encode_json(payload))
 
 
-def encode_response(op: int, room: bytes, status: int, message: str) -> bytes:
+def encode_response(
+    op: int, room: bytes, status: int, message: str, **fields: Any
+) -> bytes:
+    """A RESPONSE frame; C{fields} are extra keys (C{retry_after}, C{tcp})."""
     return encode_frame(
-        op, State.RESPONSE, room, encode_json({"status": status, "message": message})
+        op, State.RESPONSE, room,
+        encode_json({"status": status, "message": message, **fields}),
     )
 
 

@@ -163,7 +163,12 @@ class TCRPServerProtocol(Protocol):
         )
         self.factory.refusals[error.status] += 1
         if self.connected:
-            self.transport.write(encode_response(op, self.parser.room_bytes, error.status, error.message))
+            self.transport.write(
+                encode_response(
+                    op, self.parser.room_bytes, error.status, error.message,
+                    **error.response_fields(),
+                )
+            )
         self._finish()
 
     def _failed(self, failure: Any) -> None:

@@ -17,7 +17,9 @@ from ocm.datagram import (
     open_server,
     parse_envelope,
     parse_event,
+    history,
     parse_message,
+    send,
     seal_client,
     seal_server,
 )
@@ -43,7 +45,7 @@ class ClientDatagramTests(SynchronousTestCase):
         data = seal_client(AESGCM(KEY), b"Lobby", b"tok", 7, chat("héllo"))
         env = parse_envelope(data)
         self.assertEqual((env.room, env.token, env.counter), (b"Lobby", b"tok", 7))
-        self.assertEqual(parse_message(open_envelope(AESGCM(KEY), env)), (Kind.CHAT, "héllo"))
+        self.assertEqual(parse_message(open_envelope(AESGCM(KEY), env))[:2], (Kind.CHAT, "héllo"))
 
     def test_malformed_envelopes(self):
         good = seal_client(AESGCM(KEY), b"Lobby", b"tok", 1, HEARTBEAT)
@@ -72,13 +74,40 @@ class ClientDatagramTests(SynchronousTestCase):
         self.assertEqual(self.reason(open_envelope, other, parse_envelope(bytes(data))), "auth")
 
     def test_messages(self):
-        self.assertEqual(parse_message(HEARTBEAT), (Kind.HEARTBEAT, ""))
-        self.assertEqual(parse_message(LEAVE), (Kind.LEAVE, ""))
+        self.assertEqual(parse_message(HEARTBEAT)[:2], (Kind.HEARTBEAT, ""))
+        self.assertEqual(parse_message(LEAVE)[:2], (Kind.LEAVE, ""))
         for bad in (b"", b"\x01", b"\x01" + b"x" * 3073, b"\x01\xff", b"\x02x", b"\x03x", b"\x04", b"\x00hi"):
             self.assertEqual(self.reason(parse_message, bad), "malformed", bad[:8])
 
 
+    def test_send_and_history_messages(self):
+        """Protocol 1.1's SEND carries a msg_id; HISTORY a seq range."""
+        self.assertEqual(tuple(parse_message(send(7, "héllo"))), (Kind.SEND, "héllo", 7, 0))
+        self.assertEqual(parse_message(send(2**32 - 1, "x")).number, 2**32 - 1)
+        self.assertEqual(tuple(parse_message(history(3, 9))), (Kind.HISTORY, "", 3, 9))
+        self.assertEqual(parse_message(history(5, 5))[2:], (5, 5))
+        for bad in (
+            send(0, "x"),  # msg_id starts at 1
+            send(1, "x")[:5],  # no text
+            b"\x05\x00\x01",  # shorter than a msg_id
+            send(1, "x" * 3073),
+            send(1, "x")[:-1] + b"\xff",
+            history(0, 4),  # first starts at 1
+            history(5, 4),  # first after last
+            history(1, 2) + b"\x00",
+            history(1, 2)[:-1],
+        ):
+            self.assertEqual(self.reason(parse_message, bad), "malformed", bad[:8])
+
+
 class ServerDatagramTests(SynchronousTestCase):
+    def test_echo_event_carries_msg_id(self):
+        """ECHO's text is 4 raw bytes that need not be UTF-8."""
+        event = encode_event(EventKind.ECHO, 12, 5, b"bob", struct.pack(">I", 0xFFFFFFFE))
+        parsed = parse_event(event)
+        self.assertEqual((parsed.kind, parsed.seq, parsed.name, parsed.msg_id), (EventKind.ECHO, 12, "bob", 0xFFFFFFFE))
+        self.assertRaises(DatagramError, parse_event, event[:-1])
+
     def test_event_layout(self):
         event = encode_event(EventKind.MESSAGE, 3, 1700000000123, b"alice", b"hi")
         self.assertEqual(event, struct.pack(">BQQB", 1, 3, 1700000000123, 5) + b"alicehi")

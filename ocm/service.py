@@ -31,6 +31,9 @@ class OcmService(service.Service):
     log = Logger()
     tcp: IListeningPort | None = None
     udp: IListeningPort | None = None
+    # --web: (endpoint, factory, chat factory), set by makeService; its port.
+    web: tuple[Any, Any, Any] | None = None
+    web_port: IListeningPort | None = None
 
     def __init__(
         self,
@@ -76,6 +79,17 @@ class OcmService(service.Service):
             self.udp = None
             results[0].raiseException()
         self.tcp = results[0]
+        if self.web is not None:
+            results = []
+            self.web[0].listen(self.web[1]).addBoth(results.append)
+            if not results or isinstance(results[0], Failure):
+                self.udp.stopListening()
+                self.tcp.stopListening()
+                self.udp = self.tcp = None
+                if results:
+                    results[0].raiseException()
+                raise RuntimeError("the web endpoint did not listen at once")
+            self.web_port = results[0]
 
     def startService(self) -> None:
         self._listen()
@@ -107,6 +121,8 @@ class OcmService(service.Service):
         """Every drop and refusal since start, by reason."""
         counts: Counter[str] = Counter({f"datagram {k}": v for k, v in self.rooms.drops.items()})
         counts.update({f"request {k}": v for k, v in self.tcrp.refusals.items()})
+        if self.web is not None:
+            counts.update({f"web {k}": v for k, v in self.web[2].refusals.items()})
         return counts
 
     @property
@@ -119,8 +135,8 @@ class OcmService(service.Service):
             self._minutely.stop()
         self.rooms.stop()
         waits = []
-        for port in (self.tcp, self.udp):
+        for port in (self.tcp, self.udp, self.web_port):
             if port is not None:
                 waits.append(defer.maybeDeferred(port.stopListening))
-        self.tcp = self.udp = None
+        self.tcp = self.udp = self.web_port = None
         return defer.gatherResults(waits)

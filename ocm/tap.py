@@ -15,6 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from ocm import tls
+from ocm.web import daemon as web
 from ocm.rooms import RoomService
 from ocm.service import OcmService
 from ocm.tcrp_server import TCRPFactory
@@ -45,6 +46,23 @@ def _number(option: str, kind: type, low: float, high: float | None = None):
 
     coerce.coerceDoc = f"({kind.__name__}, at least {low}{'' if high is None else f', at most {high}'})"
     return coerce
+
+
+def _endpoint(option: str, value: str, interface: str) -> str:
+    """A server endpoint string from a bare port (on C{interface}) or a string."""
+    value = value.strip()
+    if not value:
+        raise usage.UsageError(f"--{option}: give a port number or an endpoint string")
+    if value.isdigit():
+        if not 0 <= int(value) <= 65535:
+            raise usage.UsageError(f"--{option}: port {value} is not between 0 and 65535")
+        interface = interface.replace(":", r"\:")
+        value = f"tcp:{value}" + (f":interface={interface}" if interface else "")
+    try:
+        endpoints._parseServer(value, None)
+    except Exception as e:
+        raise usage.UsageError(f"--{option}: {value!r} is not a server endpoint string ({e})")
+    return value
 
 
 class Options(usage.Options):
@@ -91,9 +109,23 @@ class Options(usage.Options):
          "Datagrams a second per member, on average (0: no limit); the rest are dropped.",
          _number("member-rate", float, 0)],
         ["member-burst", None, "40", "Datagrams one member may send at once.", _number("member-burst", int, 1)],
+        ["web", None, None,
+         "Serve the chat page and its WebSocket: a port, or a Twisted server endpoint string "
+         "(TLS with the daemon's certificate unless --web-no-tls). Off by default."],
+        ["web-origin", None, "",
+         "More origins that may use the chat WebSocket, comma-separated "
+         "(e.g. https://chat.example.org); by default only the page's own."],
+        ["web-max-connections", None, "1000",
+         "Most chat WebSockets open at once; past it 503.", _number("web-max-connections", int, 1)],
+        ["web-max-per-address", None, "50",
+         "Most chat WebSockets open at once from one address; past it 429.",
+         _number("web-max-per-address", int, 1)],
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
+        ["web-no-tls", None,
+         "Serve the page over plain HTTP, only on a loopback address or a Unix socket, "
+         "for a reverse proxy that adds TLS (its X-Forwarded-For is trusted)."],
     ]
 
     def postOptions(self) -> None:
@@ -104,24 +136,22 @@ class Options(usage.Options):
                     self[long] = coerce[0](self[long])
                 except ValueError as e:
                     raise usage.UsageError(str(e))
-        tcp = self["tcp"].strip()
-        if not tcp:
-            raise usage.UsageError("--tcp: give a port number or an endpoint string")
-        if tcp.isdigit():
-            if not 0 <= int(tcp) <= 65535:
-                raise usage.UsageError(f"--tcp: port {tcp} is not between 0 and 65535")
-            interface = self["interface"].replace(":", r"\:")
-            tcp = f"tcp:{tcp}" + (f":interface={interface}" if interface else "")
-        try:
-            endpoints._parseServer(tcp, None)
-        except Exception as e:
-            raise usage.UsageError(f"--tcp: {tcp!r} is not a server endpoint string ({e})")
-        self["tcp-endpoint"] = tcp
+        self["tcp-endpoint"] = _endpoint("tcp", self["tcp"], self["interface"])
+        if self["web"] is not None:
+            web.need_autobahn()
+            # Plain HTTP on a bare port stays on loopback, for a local proxy.
+            interface = "127.0.0.1" if self["web-no-tls"] else self["interface"]
+            self["web-endpoint"] = _endpoint("web", self["web"], interface)
+            if self["web-no-tls"]:
+                web.check_plain_is_local(self["web-endpoint"])
+        elif self["web-no-tls"]:
+            raise usage.UsageError("--web-no-tls goes with --web")
+        self["web-origin-set"] = web.parse_origins(self["web-origin"])
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
-        if self["no-tls"] and self["tls-cert"]:
+        if self["no-tls"] and self["tls-cert"] and (self["web"] is None or self["web-no-tls"]):
             raise usage.UsageError("--no-tls: a certificate was also given; choose one")
         for option in ("tls-cert", "tls-key"):
             path = self[option]
@@ -154,9 +184,10 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         password_burst=config["password-burst"],
     )
     factory: Any = tcrp
+    tls_options = None
     if config["no-tls"]:
         banner.append("TLS is OFF: TCRP (tokens and keys included) travels in clear text")
-    else:
+    if not config["no-tls"] or (config["web"] is not None and not config["web-no-tls"]):
         if config["tls-cert"]:
             cert_pem = Path(config["tls-cert"]).read_bytes()
             key_pem = Path(config["tls-key"]).read_bytes()
@@ -172,8 +203,19 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
             raise usage.UsageError(f"TLS certificate or key unusable: {e}")
         banner.append(f"TLS with {source}")
         banner.append(f"TLS fingerprint SHA256:{fp}")
-        factory = TLSMemoryBIOFactory(options, False, factory)
+        tls_options = options
+    if not config["no-tls"]:
+        factory = TLSMemoryBIOFactory(tls_options, False, factory)
     endpoint = endpoints.serverFromString(reactor, config["tcp-endpoint"])
-    return OcmService(
+    service = OcmService(
         rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner
     )
+    if config["web"] is not None:
+        service.web = web.make_listener(
+            config, rooms, tcrp, reactor, None if config["web-no-tls"] else tls_options
+        )
+        banner.append(
+            "web chat page: " + ("plain HTTP, for a reverse proxy" if config["web-no-tls"] else "HTTPS")
+            + f" on {config['web-endpoint']}"
+        )
+    return service

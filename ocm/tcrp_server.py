@@ -39,6 +39,63 @@ _OK_MESSAGES = {
 }
 
 
+async def answer(
+    factory: TCRPFactory,
+    request: Request,
+    ip: str,
+    gone: Callable[[], bool],
+    deliver: Callable[[bytes], Any] | None = None,
+) -> dict[str, Any] | None:
+    """
+    Carry out a valid LIST, CREATE or JOIN from C{ip}: the COMPLETE body, or
+    a L{ProtocolError} to refuse it with, or None if the asker is C{gone}
+    once the password work is done. TCRP and the WebSocket binding both
+    answer through here; C{deliver} makes a browser member (see RoomService).
+    """
+    service = factory.service
+    member_kw: dict[str, Any] = {} if deliver is None else {"deliver": deliver}
+    if request.op == Op.LIST_ROOMS:
+        return {"rooms": service.list_rooms()}
+    if request.op == Op.CREATE_ROOM:
+        service.check_create(request.room)
+        hashed = None
+        if request.password:
+            hashed = await factory.offload(passwords.hash_password, request.password)
+        if gone():
+            return None
+        member = service.create_room(request.room, request.username, ip, hashed, **member_kw)
+        return service.complete_body(member)
+    room = service.room_for_join(request.room)
+    if room.password is not None:
+        await check_password(factory, ip, request.password, room)
+    if gone():
+        return None
+    member = service.join_room(request.room, request.username, ip, expected=room, **member_kw)
+    return service.complete_body(member)
+
+
+async def check_password(factory: TCRPFactory, ip: str, password: str, room: Any) -> None:
+    """
+    Verify a room password, a few guesses a minute per address and room:
+    a try is paid for up front (so parallel guesses cannot outrun the
+    limit) and refunded when right (so people behind one NAT can join).
+    """
+    f = factory
+    now = f.clock.seconds()
+    bucket = f.password_tries.get((ip, name_key(room.name)), now)
+    if not bucket.take(now):
+        raise ProtocolError(
+            Status.TOO_MANY,
+            f"too many wrong passwords for room {room.name!r} from your address; "
+            f"try again in {bucket.wait(now):.0f} s",
+        )
+    ok = bool(password) and await f.offload(passwords.verify_password, password, room.password)
+    if ok:
+        bucket.refund()
+        return
+    raise ProtocolError(Status.UNAUTHORIZED, f"wrong or missing password for room {room.name!r}")
+
+
 class TCRPServerProtocol(Protocol):
     factory: TCRPFactory
     log = Logger()
@@ -100,27 +157,10 @@ class TCRPServerProtocol(Protocol):
             d.addErrback(self._failed)
 
     async def _handle(self, request: Request) -> None:
-        service = self.factory.service
         try:
-            if request.op == Op.LIST_ROOMS:
-                body: dict[str, Any] = {"rooms": service.list_rooms()}
-            elif request.op == Op.CREATE_ROOM:
-                service.check_create(request.room)
-                hashed = None
-                if request.password:
-                    hashed = await self.factory.offload(passwords.hash_password, request.password)
-                if not self.connected:
-                    return
-                member = service.create_room(request.room, request.username, self.peer_ip, hashed)
-                body = service.complete_body(member)
-            else:
-                room = service.room_for_join(request.room)
-                if room.password is not None:
-                    await self._check_password(request.password, room)
-                if not self.connected:
-                    return
-                member = service.join_room(request.room, request.username, self.peer_ip, expected=room)
-                body = service.complete_body(member)
+            body = await answer(self.factory, request, self.peer_ip, lambda: not self.connected)
+            if body is None:
+                return
         except ProtocolError as e:
             self._refuse(e)
             return
@@ -131,27 +171,6 @@ class TCRPServerProtocol(Protocol):
             + encode_complete(op, room_bytes, body)
         )
         self._finish()
-
-    async def _check_password(self, password: str, room: Any) -> None:
-        """
-        Verify a room password, a few guesses a minute per address and room:
-        a try is paid for up front (so parallel guesses cannot outrun the
-        limit) and refunded when right (so people behind one NAT can join).
-        """
-        f = self.factory
-        now = f.clock.seconds()
-        bucket = f.password_tries.get((self.peer_ip, name_key(room.name)), now)
-        if not bucket.take(now):
-            raise ProtocolError(
-                Status.TOO_MANY,
-                f"too many wrong passwords for room {room.name!r} from your address; "
-                f"try again in {bucket.wait(now):.0f} s",
-            )
-        ok = bool(password) and await f.offload(passwords.verify_password, password, room.password)
-        if ok:
-            bucket.refund()
-            return
-        raise ProtocolError(Status.UNAUTHORIZED, f"wrong or missing password for room {room.name!r}")
 
     def _refuse(self, error: ProtocolError) -> None:
         self._answered = True

@@ -1,0 +1,363 @@
+"""
+The WebSocket side of a browser member: a thin autobahn adapter between one
+WebSocket and the room service, speaking the JSON binding (L{binding}).
+
+Room requests (list, create, join) go through L{ocm.tcrp_server.answer},
+the same code TCRP runs, under the same per-address request rate and
+password limit. A member's events come from the room service through
+C{deliver}; its lines go to C{RoomService.say}. Liveness is the WebSocket's
+own: the server pings every third of the room timeout, and every pong or
+frame touches the member; a socket that closes leaves the room.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from ocm.datagram import DatagramError, EventKind, parse_event
+from ocm.rooms import RoomService, normalize_ip
+from ocm.tcrp import Op, ProtocolError, Request, Status
+from ocm.tcrp_server import TCRPFactory, answer
+from ocm.web import binding
+
+# Close codes the page tells apart (4000-4999 are the application's).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_ROOM_CLOSED = 4000  # the room closed: reason is the room's CLOSED text
+CLOSE_REMOVED = 4001  # the member was silent for the room timeout
+CLOSE_IDLE = 4002  # not in a room, and no request for a while
+
+_OK_MESSAGES = {Op.LIST_ROOMS: "rooms listed", Op.CREATE_ROOM: "room created", Op.JOIN_ROOM: "joined"}
+
+
+def _origin_key(origin: str) -> tuple[str, str] | None:
+    """(scheme, host[:port]) of an http(s) origin, default ports dropped."""
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if port is not None and port != {"http": 80, "https": 443}[parts.scheme]:
+        host = f"{host}:{port}"
+    return parts.scheme, host
+
+
+def same_origin(origin: str, host_header: str, allowed: frozenset[str]) -> bool:
+    """
+    Whether a browser at C{origin} may open the WebSocket: its host[:port]
+    is the one it asked for (the Host header; the scheme may differ, as
+    behind a TLS-terminating proxy), or it is one of C{allowed}.
+    """
+    key = _origin_key(origin)
+    if key is None:
+        return False
+    if f"{key[0]}://{key[1]}" in allowed:
+        return True
+    for scheme in ("https", "http"):
+        target = _origin_key(f"{scheme}://{host_header}")
+        if target is not None and target[1] == key[1]:
+            return True
+    return False
+
+
+class WebChatFactory(WebSocketServerFactory):
+    """
+    What every browser socket shares: the room service, the TCRP factory
+    (its request rate, password limit and hash offload), the Origin rule,
+    and the caps on open sockets, in all and per address.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        service: RoomService,
+        tcrp: TCRPFactory,
+        *,
+        origins: frozenset[str] = frozenset(),
+        behind_proxy: bool = False,
+        max_sockets: int = 1000,
+        max_per_address: int = 50,
+        max_payload: int = 65536,
+    ) -> None:
+        super().__init__()
+        self.protocol = ChatSocket
+        self.service = service
+        self.tcrp = tcrp
+        self.origins = origins
+        self.behind_proxy = behind_proxy
+        self.max_sockets = max_sockets
+        self.max_per_address = max_per_address
+        self.active = 0
+        self.per_address: Counter[str] = Counter()
+        self.refusals: Counter[Any] = Counter()
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_payload,
+            maxMessagePayloadSize=max_payload,
+            # A page that never finishes its handshake is dropped, like a
+            # TCRP request that never finishes.
+            openHandshakeTimeout=tcrp.request_timeout,
+            closeHandshakeTimeout=5,
+            # Liveness: a ping every third of the timeout; the room's sweep
+            # removes a member whose pongs stop, as it removes a silent one.
+            autoPingInterval=max(0.5, service.timeout / 3),
+            autoPingTimeout=0,
+            # Compression would let a small frame inflate to a large one.
+            perMessageCompressionAccept=lambda offers: None,
+        )
+
+    def client_ip(self, peer_host: str, forwarded_for: str | None) -> str:
+        """
+        The address limits are charged to. Behind a proxy on loopback, the
+        last address of X-Forwarded-For: the one the proxy itself added.
+        """
+        ip = normalize_ip(peer_host)
+        if self.behind_proxy and forwarded_for:
+            last = forwarded_for.split(",")[-1].strip()
+            try:
+                ipaddress.ip_address(last)
+            except ValueError:
+                return ip
+            if ipaddress.ip_address(ip).is_loopback:
+                return normalize_ip(last)
+        return ip
+
+    def admit(self, ip: str) -> None:
+        """Count a socket in, or refuse it over a cap."""
+        if self.active >= self.max_sockets:
+            self.refusals[503] += 1
+            raise ConnectionDeny(503, "the server has all the chat connections it can take; try again soon")
+        if self.per_address[ip] >= self.max_per_address:
+            self.refusals[429] += 1
+            raise ConnectionDeny(429, "too many open chat connections from your address")
+        self.active += 1
+        self.per_address[ip] += 1
+
+    def release(self, ip: str) -> None:
+        self.active -= 1
+        self.per_address[ip] -= 1
+        if not self.per_address[ip]:
+            del self.per_address[ip]
+
+
+class ChatSocket(WebSocketServerProtocol):
+    """One browser: any number of list requests, then at most one membership."""
+
+    factory: WebChatFactory
+    log = Logger()
+
+    ip = ""
+    member: Any = None
+    _admitted = False
+    _asking = False
+    _ended = False
+    _idle: IDelayedCall | None = None
+
+    # -- the handshake ------------------------------------------------------
+
+    def onConnect(self, request: Any) -> None:
+        f = self.factory
+        headers = request.headers
+        peer = getattr(self.transport.getPeer(), "host", "")
+        self.ip = f.client_ip(peer, headers.get("x-forwarded-for"))
+        origin = headers.get("origin", "")
+        if not same_origin(origin, headers.get("host", ""), f.origins):
+            f.refusals["origin"] += 1
+            self.log.info("refused a WebSocket from {ip}: origin {origin!r} not allowed",
+                          ip=self.ip, origin=origin[:200])
+            raise ConnectionDeny(403, "this page's origin may not use the chat")
+        f.admit(self.ip)
+        self._admitted = True
+        return None
+
+    def onOpen(self) -> None:
+        self._rearm_idle()
+
+    # -- frames in ----------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._ended:
+            return
+        if self.member is not None:
+            self.factory.service.touch(self.member)
+        try:
+            if isBinary:
+                raise ProtocolError(Status.BAD_REQUEST, "frames are JSON text, not binary")
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:  # autobahn checks this too
+                raise ProtocolError(Status.BAD_REQUEST, "the frame is not valid UTF-8")
+            frame = binding.parse_frame(text)
+        except ProtocolError as e:
+            self._refuse_frame(e)
+            return
+        if isinstance(frame, binding.RoomRequest):
+            self._room_request(frame)
+        elif self.member is None:
+            self._refuse_frame(ProtocolError(Status.BAD_REQUEST, "join or create a room first"))
+        elif isinstance(frame, binding.Say):
+            self.factory.service.say(self.member, frame.text, frame.msg_id)
+        elif isinstance(frame, binding.History):
+            self.factory.service.request_history(self.member, frame.first, frame.last)
+        else:  # Leave
+            member, self.member = self.member, None
+            self.factory.service.leave(member)
+            self._end(CLOSE_NORMAL, "you left the room")
+
+    def onPong(self, payload: bytes) -> None:
+        if self.member is None:
+            return
+        if self._still_member():
+            self.factory.service.touch(self.member)
+        else:
+            # Removed by the sweep (no pong for the room timeout, then this
+            # late one): the others were told it timed out.
+            self.member = None
+            self._end(CLOSE_REMOVED, "you were silent too long and left the room")
+
+    def _refuse_frame(self, error: ProtocolError) -> None:
+        """A bad frame: say why; malformed input also ends the connection."""
+        self.factory.refusals[error.status] += 1
+        self._send(binding.encode_error(error))
+        if error.status == Status.BAD_REQUEST:
+            self.log.info("closing the WebSocket of {ip}: {why}", ip=self.ip, why=error.message)
+            self._leave_quietly()
+            self._end(CLOSE_POLICY, "malformed frame")
+
+    # -- room requests --------------------------------------------------------
+
+    def _room_request(self, frame: binding.RoomRequest) -> None:
+        if self.member is not None or self._asking:
+            self._refuse_frame(ProtocolError(
+                Status.BAD_REQUEST,
+                "already in a room" if self.member is not None else "one room request at a time",
+            ))
+            return
+        self._rearm_idle()
+        self._asking = True
+        d = defer.ensureDeferred(self._answer(frame))
+        d.addErrback(self._failed)
+
+    async def _answer(self, frame: binding.RoomRequest) -> None:
+        f = self.factory
+        tcrp = f.tcrp
+        try:
+            try:
+                # Charged per request, from the same per-address budget TCRP uses.
+                now = tcrp.clock.seconds()
+                bucket = tcrp.requests.get(self.ip, now)
+                if not bucket.take(now):
+                    raise ProtocolError(
+                        Status.TOO_MANY, "too many requests from your address; slow down",
+                        retry_after=bucket.wait(now),
+                    )
+                request = Request(frame.op, frame.room, frame.username, frame.password)
+                deliver = None if frame.op == Op.LIST_ROOMS else self._deliver
+                body = await answer(tcrp, request, self.ip, lambda: self._ended, deliver)
+            except ProtocolError as e:
+                f.refusals[e.status] += 1
+                self.log.info("refused {status} to {ip} (web): {why}",
+                              status=e.status, ip=self.ip, why=e.message)
+                self._send(binding.encode_response(
+                    frame.op, frame.room, e.status, e.message, **e.response_fields()
+                ))
+                return
+        finally:
+            self._asking = False
+        if body is None:
+            return
+        if frame.op != Op.LIST_ROOMS:
+            self.member = body.pop("_member", None) or self._member_from(body)
+            self._cancel_idle()
+        room = body.get("room", frame.room)
+        self._send(binding.encode_response(frame.op, room, Status.OK, _OK_MESSAGES[frame.op]))
+        self._send(binding.encode_complete(frame.op, room, body))
+
+    def _member_from(self, body: dict[str, Any]) -> Any:
+        """The member a create or join just made, by its token."""
+        return self.factory.service.tokens[body["token"].encode()]
+
+    def _still_member(self) -> bool:
+        member = self.member
+        return self.factory.service.tokens.get(member.token.encode()) is member
+
+    # -- events out ---------------------------------------------------------
+
+    def _deliver(self, event: bytes) -> None:
+        """Called by the room service with each event for this member."""
+        try:
+            parsed = parse_event(event)
+        except DatagramError:
+            self.log.error("undecodable event for a browser member in {ip}", ip=self.ip)
+            return
+        text = binding.encode_event(parsed)
+        if text is not None:
+            self._send(text)
+        if parsed.kind == EventKind.CLOSED:
+            self.member = None
+            self._end(CLOSE_ROOM_CLOSED, parsed.text[:100] or "the room closed")
+
+    def _send(self, text: str) -> None:
+        if not self._ended and self.state == self.STATE_OPEN:
+            self.sendMessage(text.encode("utf-8"), isBinary=False)
+
+    # -- the end --------------------------------------------------------------
+
+    def _end(self, code: int, reason: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._cancel_idle()
+        self.sendClose(code, reason)
+
+    def _leave_quietly(self) -> None:
+        member, self.member = self.member, None
+        if member is not None and self.factory.service.tokens.get(member.token.encode()) is member:
+            self.factory.service.leave(member)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._ended = True
+        self._cancel_idle()
+        # A closed tab, a lost network, a server that closed it: the member
+        # leaves now (LEFT to the others, or CLOSED if it was the host).
+        self._leave_quietly()
+        if self._admitted:
+            self._admitted = False
+            self.factory.release(self.ip)
+
+    def _failed(self, failure: Any) -> None:
+        self.log.failure("internal error answering {ip} (web)", failure, ip=self.ip)
+        self._leave_quietly()
+        self._end(1011, "internal error")
+
+    # -- sockets outside a room do not linger ---------------------------------
+
+    def _rearm_idle(self) -> None:
+        self._cancel_idle()
+        if self.member is None and not self._ended:
+            clock = self.factory.tcrp.clock
+            self._idle = clock.callLater(self.factory.service.timeout, self._idle_out)
+
+    def _idle_out(self) -> None:
+        self._idle = None
+        if self.member is None and not self._asking:
+            self._end(CLOSE_IDLE, "no request for a while")
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None

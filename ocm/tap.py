@@ -109,6 +109,12 @@ class Options(usage.Options):
          "Datagrams a second per member, on average (0: no limit); the rest are dropped.",
          _number("member-rate", float, 0)],
         ["member-burst", None, "40", "Datagrams one member may send at once.", _number("member-burst", int, 1)],
+        ["history", None, "100",
+         "Recent messages each room keeps for HISTORY (protocol 1.1; 0: none).",
+         _number("history", int, 0, 100_000)],
+        ["history-bytes", None, "65536",
+         "Bytes of recent messages each room keeps at most, overhead included.",
+         _number("history-bytes", int, 4096, 64 * 1024 * 1024)],
         ["web", None, None,
          "Serve the chat page and its WebSocket: a port, or a Twisted server endpoint string "
          "(TLS with the daemon's certificate unless --web-no-tls). Off by default."],
@@ -170,6 +176,8 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         max_members=config["max-members"],
         member_rate=config["member-rate"],
         member_burst=config["member-burst"],
+        history=config["history"],
+        history_bytes=config["history-bytes"],
     )
     tcrp = TCRPFactory(
         rooms,

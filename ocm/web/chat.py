@@ -23,20 +23,21 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from ocm.datagram import DatagramError, EventKind, parse_event
+from ocm.datagram import EventKind, parse_event
+from ocm.names import name_key
 from ocm.rooms import RoomService, normalize_ip
 from ocm.tcrp import Op, ProtocolError, Request, Status
 from ocm.tcrp_server import TCRPFactory, answer
 from ocm.web import binding
 
-# Close codes the page tells apart (4000-4999 are the application's).
+# Close codes the page tells apart (a server may send only 1000 and
+# 3000-4999; 4000-4999 are the application's).
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
-CLOSE_POLICY = 1008
 CLOSE_ROOM_CLOSED = 4000  # the room closed: reason is the room's CLOSED text
 CLOSE_REMOVED = 4001  # the member was silent for the room timeout
 CLOSE_IDLE = 4002  # not in a room, and no request for a while
+CLOSE_MALFORMED = 4400  # after an error frame with status 400
+CLOSE_INTERNAL = 4500  # a bug on the server's side
 
 _OK_MESSAGES = {Op.LIST_ROOMS: "rooms listed", Op.CREATE_ROOM: "room created", Op.JOIN_ROOM: "joined"}
 
@@ -112,10 +113,13 @@ class WebChatFactory(WebSocketServerFactory):
             # TCRP request that never finishes.
             openHandshakeTimeout=tcrp.request_timeout,
             closeHandshakeTimeout=5,
-            # Liveness: a ping every third of the timeout; the room's sweep
-            # removes a member whose pongs stop, as it removes a silent one.
+            # A frame over the limit gets close code 1009, not a bare drop.
+            failByDrop=False,
+            # Liveness: a ping every third of the timeout. The room's sweep
+            # removes a member whose pongs stop (TIMED_OUT), as it removes a
+            # silent one; the socket itself is dropped a third later.
             autoPingInterval=max(0.5, service.timeout / 3),
-            autoPingTimeout=0,
+            autoPingTimeout=max(1.0, service.timeout),
             # Compression would let a small frame inflate to a large one.
             perMessageCompressionAccept=lambda offers: None,
         )
@@ -236,16 +240,16 @@ class ChatSocket(WebSocketServerProtocol):
         if error.status == Status.BAD_REQUEST:
             self.log.info("closing the WebSocket of {ip}: {why}", ip=self.ip, why=error.message)
             self._leave_quietly()
-            self._end(CLOSE_POLICY, "malformed frame")
+            self._end(CLOSE_MALFORMED, "malformed frame")
 
     # -- room requests --------------------------------------------------------
 
     def _room_request(self, frame: binding.RoomRequest) -> None:
-        if self.member is not None or self._asking:
-            self._refuse_frame(ProtocolError(
-                Status.BAD_REQUEST,
-                "already in a room" if self.member is not None else "one room request at a time",
-            ))
+        if self._asking:
+            self._refuse_frame(ProtocolError(Status.BAD_REQUEST, "one room request at a time"))
+            return
+        if self.member is not None and frame.op != Op.LIST_ROOMS:
+            self._refuse_frame(ProtocolError(Status.BAD_REQUEST, "already in a room"))
             return
         self._rearm_idle()
         self._asking = True
@@ -281,7 +285,7 @@ class ChatSocket(WebSocketServerProtocol):
         if body is None:
             return
         if frame.op != Op.LIST_ROOMS:
-            self.member = body.pop("_member", None) or self._member_from(body)
+            self.member = self._member_from(body)
             self._cancel_idle()
         room = body.get("room", frame.room)
         self._send(binding.encode_response(frame.op, room, Status.OK, _OK_MESSAGES[frame.op]))
@@ -293,23 +297,26 @@ class ChatSocket(WebSocketServerProtocol):
 
     def _still_member(self) -> bool:
         member = self.member
-        return self.factory.service.tokens.get(member.token.encode()) is member
+        return member is not None and member.room.members.get(name_key(member.name)) is member
 
     # -- events out ---------------------------------------------------------
 
     def _deliver(self, event: bytes) -> None:
-        """Called by the room service with each event for this member."""
+        """
+        Called by the room service, inside its fan-out, with each event for
+        this member: it must not raise, or the members after it would miss
+        the event.
+        """
         try:
             parsed = parse_event(event)
-        except DatagramError:
-            self.log.error("undecodable event for a browser member in {ip}", ip=self.ip)
-            return
-        text = binding.encode_event(parsed)
-        if text is not None:
-            self._send(text)
-        if parsed.kind == EventKind.CLOSED:
-            self.member = None
-            self._end(CLOSE_ROOM_CLOSED, parsed.text[:100] or "the room closed")
+            text = binding.encode_event(parsed)
+            if text is not None:
+                self._send(text)
+            if parsed.kind == EventKind.CLOSED:
+                self.member = None
+                self._end(CLOSE_ROOM_CLOSED, parsed.text[:100] or "the room closed")
+        except Exception:
+            self.log.failure("could not deliver an event to {ip} (web)", ip=self.ip)
 
     def _send(self, text: str) -> None:
         if not self._ended and self.state == self.STATE_OPEN:
@@ -326,12 +333,16 @@ class ChatSocket(WebSocketServerProtocol):
 
     def _leave_quietly(self) -> None:
         member, self.member = self.member, None
-        if member is not None and self.factory.service.tokens.get(member.token.encode()) is member:
-            self.factory.service.leave(member)
+        if member is not None:
+            self.factory.service.leave(member)  # a no-op if already removed
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._ended = True
         self._cancel_idle()
+        # autobahn keeps this timer past a close the peer never answered.
+        if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
         # A closed tab, a lost network, a server that closed it: the member
         # leaves now (LEFT to the others, or CLOSED if it was the host).
         self._leave_quietly()
@@ -342,7 +353,7 @@ class ChatSocket(WebSocketServerProtocol):
     def _failed(self, failure: Any) -> None:
         self.log.failure("internal error answering {ip} (web)", failure, ip=self.ip)
         self._leave_quietly()
-        self._end(1011, "internal error")
+        self._end(CLOSE_INTERNAL, "internal error")
 
     # -- sockets outside a room do not linger ---------------------------------
 

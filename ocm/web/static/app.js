@@ -336,7 +336,7 @@ function onClosed({ code, reason }) {
     end(sentences.closed(s.room, reason));
   } else if (code === CLOSE.removed) {
     end(sentences.removed(s.room));
-  } else if (code === CLOSE.policy) {
+  } else if (code === CLOSE.malformed) {
     end(s.error || sentences.internal);
   } else if (code === CLOSE.internal) {
     end(sentences.internal);

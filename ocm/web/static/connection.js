@@ -2,7 +2,8 @@
 // "The WebSocket binding"): room requests answered in order, events and
 // errors handed to the page.
 
-export const CLOSE = { normal: 1000, policy: 1008, internal: 1011, roomClosed: 4000, removed: 4001, idle: 4002 };
+// The server's close codes (ocm/web/chat.py).
+export const CLOSE = { normal: 1000, roomClosed: 4000, removed: 4001, idle: 4002, malformed: 4400, internal: 4500 };
 
 export function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";

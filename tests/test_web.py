@@ -1,0 +1,333 @@
+"""
+Browser members over the WebSocket binding, against the daemon as the
+twistd plugin builds it (C{--web}), side by side with UDP members speaking
+the protocol through the independent client in L{tests.wire}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+from twisted.web.client import Agent, readBody
+
+from tests import wire
+from tests.daemon import DaemonMixin
+from tests.websocket import Browser, open_browser
+
+PLAIN = ("--web", "tcp:0:interface=127.0.0.1", "--web-no-tls")
+
+
+class Mute(Browser):
+    """A browser whose network stopped: it answers no ping."""
+
+    answer_pings = False
+
+
+class WebTestCase(DaemonMixin, unittest.TestCase):
+    timeout = 60
+
+    def start(self, *args: str) -> None:
+        self.start_daemon(*PLAIN, *args)
+
+    @property
+    def web(self) -> int:
+        return self.svc.web_port.getHost().port
+
+    async def browser(self, **kw: Any) -> Browser:
+        b = await open_browser(self.web, **kw)
+        self.addCleanup(lambda: b.transport and b.transport.abortConnection())
+        return b
+
+    async def member(self, op: str, room: str, username: str, password: str | None = None, **kw: Any) -> tuple[Browser, dict]:
+        b = await self.browser(**kw)
+        frame = {"op": op, "room": room, "username": username}
+        if password is not None:
+            frame["password"] = password
+        response, complete = await b.ask(frame)
+        self.assertEqual(response["status"], 200, response)
+        return b, complete
+
+
+class PageTests(WebTestCase):
+    async def get(self, path: str) -> tuple[int, Any, bytes]:
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{self.web}{path}".encode())
+        return response.code, response.headers, await readBody(response)
+
+    async def test_page_and_its_files_under_a_strict_policy(self):
+        self.start()
+        code, headers, body = await self.get("/")
+        self.assertEqual(code, 200)
+        self.assertIn(b'<script type="module" src="app.js"></script>', body)
+        self.assertNotIn(b"<script>", body)  # nothing inline
+        csp = headers.getRawHeaders(b"content-security-policy")[0].decode()
+        for rule in ("default-src 'none'", "script-src 'self'", "connect-src 'self'",
+                     "frame-ancestors 'none'", "require-trusted-types-for 'script'"):
+            self.assertIn(rule, csp)
+        self.assertNotIn("unsafe", csp)
+        self.assertEqual(headers.getRawHeaders(b"x-content-type-options"), [b"nosniff"])
+        for path, kind in (("/app.js", b"text/javascript"), ("/style.css", b"text/css"),
+                           ("/connection.js", b"text/javascript"), ("/sentences.js", b"text/javascript")):
+            code, headers, body = await self.get(path)
+            self.assertEqual(code, 200, path)
+            self.assertTrue(headers.getRawHeaders(b"content-type")[0].startswith(kind), path)
+            self.assertTrue(headers.getRawHeaders(b"content-security-policy"), path)
+
+    async def test_no_other_path(self):
+        self.start()
+        for path in ("/nothing", "/app.js/x", "/static/app.js", "/../setup.cfg", "/ws/x"):
+            code, headers, _ = await self.get(path)
+            self.assertEqual(code, 404, path)
+            self.assertTrue(headers.getRawHeaders(b"content-security-policy"), path)
+
+    async def test_tls_by_default_with_the_daemons_certificate(self):
+        self.start_daemon("--web", "tcp:0:interface=127.0.0.1")
+        b = await open_browser(self.web, tls=True)
+        self.addCleanup(b.transport.abortConnection)
+        response, complete = await b.ask({"op": "list"})
+        self.assertEqual((response["status"], complete["rooms"]), (200, []))
+        peer = b.transport.getPeerCertificate()
+        self.assertEqual(
+            peer.digest("sha256").replace(b":", b"").lower(),
+            self.pin.hex().encode(),
+        )
+
+
+class OriginTests(WebTestCase):
+    async def test_same_origin_only(self):
+        self.start()
+        for origin in (None, "https://evil.example", f"http://127.0.0.2:{self.web}", "null"):
+            with self.assertRaises(ConnectionError, msg=origin):
+                await open_browser(self.web, origin=origin)
+        await self.browser()  # the page's own origin
+        await self.browser(origin=f"https://127.0.0.1:{self.web}")  # behind a TLS proxy
+
+    async def test_web_origin_allows_more(self):
+        self.start("--web-origin", "https://Chat.Example.org, http://other.example:8080")
+        await self.browser(origin="https://chat.example.org")
+        await self.browser(origin="http://other.example:8080")
+        with self.assertRaises(ConnectionError):
+            await open_browser(self.web, origin="http://other.example")
+
+    async def test_sockets_per_address_are_capped(self):
+        self.start("--web-max-per-address", "2")
+        first = await self.browser()
+        await self.browser()
+        with self.assertRaises(ConnectionError):
+            await open_browser(self.web)
+        first.sendClose()
+        await first.wait_closed()
+        await self.browser()  # the slot was given back
+
+
+class ChatTests(WebTestCase):
+    async def test_browser_and_udp_member_see_each_other(self):
+        self.start()
+        alice, complete = await self.member("create", "Lobby", "alice")
+        self.assertEqual(complete["op"], "create")
+        self.assertEqual((complete["room"], complete["host"], complete["members"]), ("Lobby", True, ["alice"]))
+        self.assertEqual((complete["version"], complete["seq"]), ("1.1", 0))
+        self.assertNotIn("token", complete)
+        self.assertNotIn("key", complete)
+
+        bob = await self.enter("lobby", "bob")
+        joined = await alice.next_event()
+        self.assertEqual((joined["kind"], joined["name"]), ("joined", "bob"))
+
+        bob.chat("hi alice")
+        said = await alice.next_event()
+        self.assertEqual((said["kind"], said["seq"], said["name"], said["text"]), ("message", 1, "bob", "hi alice"))
+        self.assertEvent(await bob.event(), wire.MESSAGE, "bob", "hi alice", seq=1)
+
+        alice.send({"op": "send", "id": 1, "text": "hi bob"})
+        echo = await alice.next_event()
+        self.assertEqual((echo["kind"], echo["seq"], echo["id"], echo["name"]), ("echo", 2, 1, "alice"))
+        self.assertEvent(await bob.event(), wire.MESSAGE, "alice", "hi bob", seq=2)
+
+        # A resend of msg 1 is echoed again, and relayed to no one.
+        alice.send({"op": "send", "id": 1, "text": "hi bob"})
+        again = await alice.next_event()
+        self.assertEqual((again["kind"], again["seq"], again["id"]), ("echo", 2, 1))
+        bob.chat("next")
+        self.assertEvent(await bob.event(), wire.MESSAGE, "bob", "next", seq=3)
+        self.assertEqual((await alice.next_event())["seq"], 3)
+        alice.assertQuiet()
+
+    async def test_history_on_join(self):
+        self.start()
+        alice, _ = await self.member("create", "Lobby", "alice")
+        for i in (1, 2, 3):
+            alice.send({"op": "send", "id": i, "text": f"line {i}"})
+            self.assertEqual((await alice.next_event())["kind"], "echo")
+        carol, complete = await self.member("join", "lobby", "carol")
+        self.assertEqual((complete["seq"], complete["members"]), (3, ["alice", "carol"]))
+        self.assertGreater(complete["history"], 0)
+        carol.send({"op": "history", "first": 2, "last": 3})
+        events = [await carol.next_event(), await carol.next_event()]
+        self.assertEqual(
+            [(e["kind"], e["seq"], e["name"], e["text"]) for e in events],
+            [("history", 2, "alice", "line 2"), ("history", 3, "alice", "line 3")],
+        )
+        self.assertEqual((await alice.next_event())["kind"], "joined")
+
+    async def test_hostile_text_is_carried_as_text(self):
+        self.start()
+        alice, _ = await self.member("create", "Lobby", "alice")
+        bob = await self.enter("Lobby", "bob")
+        await alice.next_event()
+        hostile = '<img src=x onerror=alert(1)>"\u2028</script>'
+        bob.chat(hostile)
+        self.assertEqual((await alice.next_event())["text"], hostile)
+
+    async def test_closing_the_socket_leaves(self):
+        self.start()
+        host = await self.enter("Lobby", "host", create=True)
+        self.keep_alive(host)
+        b, _ = await self.member("join", "Lobby", "bea")
+        self.assertEvent(await host.event(), wire.JOINED, "bea")
+        b.transport.abortConnection()  # a closed tab, a lost network
+        self.assertEvent(await host.event(), wire.LEFT, "bea")
+
+    async def test_leave_frame(self):
+        self.start()
+        host = await self.enter("Lobby", "host", create=True)
+        self.keep_alive(host)
+        b, _ = await self.member("join", "Lobby", "bea")
+        self.assertEvent(await host.event(), wire.JOINED, "bea")
+        b.send({"op": "leave"})
+        self.assertEvent(await host.event(), wire.LEFT, "bea")
+        self.assertEqual((await b.wait_closed())[0], 1000)
+
+    async def test_host_browser_gone_closes_the_room(self):
+        self.start()
+        b, _ = await self.member("create", "Lobby", "bea")
+        guest = await self.enter("Lobby", "guest")
+        await b.next_event()
+        b.transport.abortConnection()
+        self.assertEvent(await guest.event(), wire.CLOSED, "bea", "the host left")
+
+    async def test_room_closed_reaches_the_browser(self):
+        self.start()
+        host = await self.enter("Lobby", "host", create=True)
+        b, _ = await self.member("join", "Lobby", "bea")
+        host.leave()
+        closed = await b.next_event()
+        self.assertEqual((closed["kind"], closed["name"], closed["text"]), ("closed", "host", "the host left"))
+        self.assertEqual(await b.wait_closed(), (4000, "the host left"))
+
+    async def test_shutdown_closes_rooms_for_browsers(self):
+        self.start()
+        b, _ = await self.member("create", "Lobby", "bea")
+        await self.svc.stopService()
+        closed = await b.next_event()
+        self.assertEqual((closed["kind"], closed["text"]), ("closed", "the server is shutting down"))
+
+
+class LivenessTests(WebTestCase):
+    async def test_pongs_keep_a_quiet_browser_in(self):
+        self.start("--timeout", "1")
+        host = await self.enter("Lobby", "host", create=True)
+        self.keep_alive(host)
+        b, _ = await self.member("join", "Lobby", "bea")
+        self.assertEvent(await host.event(), wire.JOINED, "bea")
+        await wire.sleep(reactor, 2.5)  # over twice the timeout, no frame sent
+        host.chat("still there?")
+        self.assertEvent(await host.event(), wire.MESSAGE, "host", "still there?", seq=1)
+        self.assertEqual((await b.next_event())["text"], "still there?")
+
+    async def test_a_browser_that_stops_answering_times_out(self):
+        self.start("--timeout", "1")
+        host = await self.enter("Lobby", "host", create=True)
+        self.keep_alive(host)
+        b, _ = await self.member("join", "Lobby", "bea", cls=Mute)
+        self.assertEvent(await host.event(), wire.JOINED, "bea")
+        self.assertEvent(await host.event(timeout=5), wire.TIMED_OUT, "bea")
+        await b.wait_closed(timeout=5)  # and the server lets the socket go
+
+
+class RefusalTests(WebTestCase):
+    async def test_statuses_as_tcrp(self):
+        self.start("--max-members", "2")
+        b = await self.browser()
+        response, _ = await b.ask({"op": "join", "room": "nowhere", "username": "x"})
+        self.assertEqual((response["status"], response["op"], response["room"]), (404, "join", "nowhere"))
+        await self.member("create", "Lobby", "alice")
+        response, _ = await b.ask({"op": "create", "room": "LOBBY", "username": "x"})
+        self.assertEqual(response["status"], 409)
+        response, _ = await b.ask({"op": "join", "room": "Lobby", "username": "ALICE"})
+        self.assertEqual(response["status"], 409)
+        await self.enter("Lobby", "bob")
+        response, _ = await b.ask({"op": "join", "room": "Lobby", "username": "carol"})
+        self.assertEqual(response["status"], 503)
+        # Refusals keep the socket: the same page may try again.
+        response, complete = await b.ask({"op": "list"})
+        self.assertEqual(complete["rooms"], [{"name": "Lobby", "members": 2, "password": False}])
+
+    async def test_passwords_and_their_limit(self):
+        self.start("--password-burst", "2")
+        await self.member("create", "Locked", "alice", "s3cret")
+        b = await self.browser()
+        response, _ = await b.ask({"op": "join", "room": "Locked", "username": "bob"})
+        self.assertEqual(response["status"], 401)
+        response, _ = await b.ask({"op": "join", "room": "Locked", "username": "bob", "password": "guess"})
+        self.assertEqual(response["status"], 401)
+        response, _ = await b.ask({"op": "join", "room": "Locked", "username": "bob", "password": "s3cret"})
+        self.assertEqual(response["status"], 429)
+        self.assertIn("password", response["message"])
+        # TCRP from the same address shares the budget.
+        status, _ = await self.ask(wire.JOIN_ROOM, "Locked", {"username": "bob", "password": "s3cret"})
+        self.assertEqual(status, 429)
+
+    async def test_right_password_joins(self):
+        self.start()
+        await self.member("create", "Locked", "alice", "s3cret")
+        b, complete = await self.member("join", "Locked", "bob", "s3cret")
+        self.assertEqual(complete["members"], ["alice", "bob"])
+
+    async def test_request_rate_with_retry_after(self):
+        self.start("--request-rate", "0.1", "--request-burst", "2")
+        b = await self.browser()
+        for _ in range(2):
+            self.assertEqual((await b.ask({"op": "list"}))[0]["status"], 200)
+        response, _ = await b.ask({"op": "list"})
+        self.assertEqual(response["status"], 429)
+        self.assertGreaterEqual(response["retry_after"], 1)
+
+    async def test_malformed_frames_close_with_a_reason(self):
+        self.start()
+        for frame in ("not json", "[1]", {"op": "dance"}, {"op": "send", "id": 1, "text": "early"},
+                      {"op": "join", "room": " padded", "username": "x"}, b"\x00binary"):
+            b = await self.browser()
+            b.send(frame)
+            error = await b.next()
+            self.assertEqual((error["type"], error["status"]), ("error", 400), frame)
+            self.assertTrue(error["message"], frame)
+            self.assertEqual((await b.wait_closed())[0], 4400, frame)
+
+    async def test_too_long_a_line_is_refused_and_the_member_stays(self):
+        self.start()
+        b, _ = await self.member("create", "Lobby", "alice")
+        b.send({"op": "send", "id": 1, "text": "x" * 3073})
+        error = await b.next()
+        self.assertEqual((error["type"], error["status"]), ("error", 413))
+        b.send({"op": "send", "id": 1, "text": "x" * 3072})
+        echo = await b.next_event()
+        self.assertEqual((echo["kind"], echo["seq"]), ("echo", 1))
+
+    async def test_a_frame_over_max_payload_closes(self):
+        self.start("--max-payload", "1024")
+        b = await self.browser()
+        b.send({"op": "list", "pad": "x" * 2000})
+        self.assertEqual((await b.wait_closed())[0], 1009)
+
+    async def test_sends_are_rate_limited_as_datagrams(self):
+        self.start("--member-rate", "0.01", "--member-burst", "3")
+        b, _ = await self.member("create", "Lobby", "alice")
+        for i in range(1, 6):
+            b.send({"op": "send", "id": i, "text": f"{i}"})
+        echoes = [await b.next_event() for _ in range(3)]
+        self.assertEqual([e["id"] for e in echoes], [1, 2, 3])
+        b.send({"op": "list"})  # a request still answers: the sends were dropped
+        self.assertEqual((await b.next())["type"], "response")
+        self.assertEqual(self.svc.rooms.drops["flood"], 2)

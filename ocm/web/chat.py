@@ -82,7 +82,7 @@ class WebChatFactory(WebSocketServerFactory):
     and the caps on open sockets, in all and per address.
     """
 
-    log = Logger()
+    _log = Logger()
 
     def __init__(
         self,
@@ -162,7 +162,8 @@ class ChatSocket(WebSocketServerProtocol):
     """One browser: any number of list requests, then at most one membership."""
 
     factory: WebChatFactory
-    log = Logger()
+    # Not "log": autobahn's own (txaio's, level-filtered) must stay its own.
+    _log = Logger()
 
     ip = ""
     member: Any = None
@@ -181,7 +182,7 @@ class ChatSocket(WebSocketServerProtocol):
         origin = headers.get("origin", "")
         if not same_origin(origin, headers.get("host", ""), f.origins):
             f.refusals["origin"] += 1
-            self.log.info("refused a WebSocket from {ip}: origin {origin!r} not allowed",
+            self._log.info("refused a WebSocket from {ip}: origin {origin!r} not allowed",
                           ip=self.ip, origin=origin[:200])
             raise ConnectionDeny(403, "this page's origin may not use the chat")
         f.admit(self.ip)
@@ -238,7 +239,7 @@ class ChatSocket(WebSocketServerProtocol):
         self.factory.refusals[error.status] += 1
         self._send(binding.encode_error(error))
         if error.status == Status.BAD_REQUEST:
-            self.log.info("closing the WebSocket of {ip}: {why}", ip=self.ip, why=error.message)
+            self._log.info("closing the WebSocket of {ip}: {why}", ip=self.ip, why=error.message)
             self._leave_quietly()
             self._end(CLOSE_MALFORMED, "malformed frame")
 
@@ -274,7 +275,7 @@ class ChatSocket(WebSocketServerProtocol):
                 body = await answer(tcrp, request, self.ip, lambda: self._ended, deliver)
             except ProtocolError as e:
                 f.refusals[e.status] += 1
-                self.log.info("refused {status} to {ip} (web): {why}",
+                self._log.info("refused {status} to {ip} (web): {why}",
                               status=e.status, ip=self.ip, why=e.message)
                 self._send(binding.encode_response(
                     frame.op, frame.room, e.status, e.message, **e.response_fields()
@@ -316,7 +317,7 @@ class ChatSocket(WebSocketServerProtocol):
                 self.member = None
                 self._end(CLOSE_ROOM_CLOSED, parsed.text[:100] or "the room closed")
         except Exception:
-            self.log.failure("could not deliver an event to {ip} (web)", ip=self.ip)
+            self._log.failure("could not deliver an event to {ip} (web)", ip=self.ip)
 
     def _send(self, text: str) -> None:
         if not self._ended and self.state == self.STATE_OPEN:
@@ -351,7 +352,7 @@ class ChatSocket(WebSocketServerProtocol):
             self.factory.release(self.ip)
 
     def _failed(self, failure: Any) -> None:
-        self.log.failure("internal error answering {ip} (web)", failure, ip=self.ip)
+        self._log.failure("internal error answering {ip} (web)", failure, ip=self.ip)
         self._leave_quietly()
         self._end(CLOSE_INTERNAL, "internal error")
 

@@ -94,4 +94,7 @@ def make_site(chat: WebChatFactory, idle_timeout: float) -> server.Site:
     """The Site: C{idle_timeout} closes HTTP connections with nothing to do."""
     site = server.Site(Root(chat), timeout=idle_timeout)
     site.displayTracebacks = False
+    # No access log: a page load is six requests, and a reverse proxy keeps
+    # its own. Refusals are logged by the chat, with the address.
+    site.log = lambda request: None
     return site

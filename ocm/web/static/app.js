@@ -183,7 +183,8 @@ function messageItem(seq, time, name, text, cls) {
   if (seq) item.dataset.seq = seq;
   const stamp = el("time", null, time ? clock(time) : "--:--:--");
   if (time) stamp.dateTime = new Date(time).toISOString();
-  item.append(stamp, el("span", "name", `${name}:`), el("span", "text", text));
+  // Spaces as text, so that a copied line reads "12:01:33 bob: hello".
+  item.append(stamp, " ", el("span", "name", `${name}:`), " ", el("span", "text", text));
   return item;
 }
 

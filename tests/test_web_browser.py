@@ -1,0 +1,267 @@
+"""
+The chat page in a real browser: headless Chromium, driven by Selenium,
+against C{twistd -n ocm --web} (TLS with the generated certificate), with
+an C{ocm-client} process in the same room.
+
+Needs Debian's chromium and chromium-driver (.ci/run installs them). Outside
+CI a missing part skips the test with a loud reason; with CI set it fails.
+Set OCM_WEB_SCREENSHOTS to a directory to keep the screenshots there
+(docs/ has the ones this test took).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.trial import unittest
+
+import ocm
+
+REPO = Path(ocm.__file__).resolve().parent.parent
+LIMIT = 30.0  # seconds any one wait may take
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def _missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[test]')"
+    for tool, package in (("chromium", "chromium"), ("chromedriver", "chromium-driver")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install chromium chromium-driver)"
+    return None
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BrowserChatTests(unittest.TestCase):
+    timeout = 240
+
+    def setUp(self) -> None:
+        missing = _missing()
+        if missing:
+            if os.environ.get("CI"):
+                self.fail(f"the browser test cannot run in CI: {missing}")
+            print(f"\n*** SKIPPING the browser test: {missing} ***\n", file=sys.stderr)
+            raise unittest.SkipTest(f"NO BROWSER TEST: {missing}")
+        self.dir = Path(self.mktemp()).resolve()
+        self.dir.mkdir(parents=True)
+        path = os.environ.get("PYTHONPATH")
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""),
+            XDG_CONFIG_HOME=str(self.dir / "config"),
+            PYTHONUNBUFFERED="1",
+        )
+        self.env.pop("OCM_PASSWORD", None)
+        self.shots = Path(os.environ.get("OCM_WEB_SCREENSHOTS") or self.dir)
+
+    # -- processes ------------------------------------------------------------
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=self.dir, env=self.env, stdin=subprocess.PIPE,
+            stdout=open(self.dir / f"{name}.out", "wb"), stderr=open(self.dir / f"{name}.err", "wb"),
+        )
+
+        def cleanup() -> None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(LIMIT)
+            if proc.stdin:
+                proc.stdin.close()
+
+        self.addCleanup(cleanup)
+        return proc
+
+    def read(self, name: str) -> str:
+        path = self.dir / name
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def wait_for(self, check: Callable[[], Any], what: str) -> Any:
+        deadline = time.monotonic() + LIMIT
+        while True:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                self.fail(f"gave up waiting for {what}")
+            time.sleep(0.05)
+
+    def start_daemon(self) -> None:
+        self.tcp, udp, self.web = (
+            free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+        )
+        daemon = self.spawn("daemon", [
+            "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "--logfile", str(self.dir / "daemon.log"), "ocm",
+            "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(udp),
+            "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"),
+            "--web", str(self.web),
+        ])
+        self.wait_for(lambda: "web chat page: HTTPS" in self.read("daemon.log") or daemon.poll() is not None,
+                      "the daemon to start")
+        self.assertIsNone(daemon.poll(), self.read("daemon.log") + self.read("daemon.err"))
+
+    # -- browsers -------------------------------------------------------------
+
+    def open_browser(self, width: int = 1000, height: int = 720) -> Any:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium")
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    f"--window-size={width},{height}", "--lang=en-GB", "--no-first-run"):
+            options.add_argument(arg)
+        # The daemon's own self-signed certificate, as a person would accept it.
+        options.accept_insecure_certs = True
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+        self.addCleanup(driver.quit)
+        driver.set_page_load_timeout(LIMIT)
+        driver.get(f"https://127.0.0.1:{self.web}/")
+        self.wait_for(lambda: driver.execute_script("return document.readyState") == "complete", "the page")
+        return driver
+
+    def by_id(self, driver: Any, id: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return driver.find_element(By.ID, id)
+
+    def fill(self, driver: Any, **fields: str) -> None:
+        for id, value in fields.items():
+            field = self.by_id(driver, id)
+            field.clear()
+            if value:
+                field.send_keys(value)
+
+    def log_lines(self, driver: Any) -> list[str]:
+        return [re.sub(r"\s+", " ", line).strip() for line in self.by_id(driver, "log").text.splitlines()]
+
+    def wait_line(self, driver: Any, pattern: str, what: str) -> list[str]:
+        return self.wait_for(
+            lambda: (lines := self.log_lines(driver)) and any(re.search(pattern, l) for l in lines) and lines,
+            what,
+        )
+
+    def notice(self, driver: Any) -> str:
+        node = self.by_id(driver, "notice")
+        return node.text if node.is_displayed() else ""
+
+    def say(self, driver: Any, text: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        self.by_id(driver, "line").send_keys(text, Keys.ENTER)  # Enter sends
+
+    def assertNoPageErrors(self, driver: Any) -> None:
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        self.assertEqual(errors, [], "console errors (CSP violations included)")
+
+    def shot(self, driver: Any, name: str) -> None:
+        self.shots.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(self.shots / name))
+
+    # -- the story ------------------------------------------------------------
+
+    def test_two_browsers_and_a_terminal_in_one_room(self) -> None:
+        from selenium.common.exceptions import NoAlertPresentException
+        from selenium.webdriver.common.by import By
+
+        self.start_daemon()
+        alice = self.open_browser()
+        self.assertEqual(self.by_id(alice, "rooms-empty").text, "There are no rooms yet: create one.")
+        self.assertEqual(alice.switch_to.active_element, self.by_id(alice, "name"))
+
+        # A refusal is a sentence: joining a room that does not exist.
+        self.fill(alice, name="alice", room="Lobby")
+        self.by_id(alice, "join").click()
+        self.wait_for(lambda: "There is no room called “Lobby”." in self.notice(alice), "the 404 sentence")
+
+        self.by_id(alice, "create").click()
+        self.wait_line(alice, "You created room “Lobby” as “alice”", "alice's room")
+        self.assertEqual(alice.switch_to.active_element, self.by_id(alice, "line"))
+
+        # A terminal joins; its line shows in the page, the page's in the terminal.
+        bob = self.spawn("bob", ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp),
+                                 "--name", "bob", "--room", "Lobby", "--join"])
+        self.wait_line(alice, r"^bob joined$", "bob to join")
+        bob.stdin.write(b"hello from the terminal\n")
+        bob.stdin.flush()
+        self.wait_line(alice, r"^\d\d:\d\d:\d\d bob: hello from the terminal$", "bob's line in the page")
+        self.say(alice, "hello from the browser")
+        self.wait_for(lambda: re.search(r"\] alice: hello from the browser\n", self.read("bob.out")),
+                      "alice's line in the terminal")
+
+        # Hostile text stays text: no element made of it, no script run.
+        self.say(alice, HOSTILE)
+        self.wait_line(alice, re.escape(f"alice: {HOSTILE}") + "$", "the hostile line, as text")
+        self.assertEqual(alice.find_elements(By.CSS_SELECTOR, "#log img"), [])
+        with self.assertRaises(NoAlertPresentException):
+            alice.switch_to.alert.text
+        self.wait_for(lambda: f"] alice: {HOSTILE}\n" in self.read("bob.out"), "the hostile line in the terminal")
+
+        # A second browser: a taken name is refused in words, then it joins
+        # and sees what was said before it came, set apart.
+        carol = self.open_browser(width=390, height=800)  # a phone's width
+        self.fill(carol, name="alice", room="Lobby")
+        self.by_id(carol, "join").click()
+        self.wait_for(lambda: "Someone in room “Lobby” is already called “alice”. Choose another name."
+                      in self.notice(carol), "the 409 sentence")
+        self.fill(carol, name="carol")
+        self.by_id(carol, "name").submit()  # Enter in the form joins
+        lines = self.wait_line(carol, "alice: " + re.escape(HOSTILE), "carol's history")
+        self.assertEqual(
+            [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in lines],
+            ["Earlier messages", "bob: hello from the terminal", "alice: hello from the browser",
+             f"alice: {HOSTILE}", "You joined room “Lobby” as “carol”."],
+        )
+        self.assertEqual(len(carol.find_elements(By.CSS_SELECTOR, "#log li.earlier")), 3)
+        members = self.by_id(carol, "members").text.splitlines()
+        self.assertEqual(sorted(members), ["alice", "bob", "carol (you)"])
+        self.wait_line(alice, "^carol joined$", "alice to see carol join")
+        self.wait_for(lambda: "* carol joined" in self.read("bob.out"), "bob to see carol join")
+
+        self.say(carol, "hi, I am on a phone")
+        self.wait_line(alice, "carol: hi, I am on a phone$", "carol's line at alice")
+        self.wait_for(lambda: "] carol: hi, I am on a phone\n" in self.read("bob.out"), "carol's line at bob")
+        bob.stdin.write(b"welcome carol\n")
+        bob.stdin.flush()
+        self.wait_line(carol, "bob: welcome carol$", "bob's line at carol")
+        self.wait_line(alice, "bob: welcome carol$", "bob's line at alice")
+        self.shot(alice, "web-chat.png")
+        self.shot(carol, "web-phone.png")
+
+        # Every line once, everywhere.
+        for driver in (alice, carol):
+            text = "\n".join(self.log_lines(driver))
+            for line in ("hello from the terminal", "hello from the browser", HOSTILE,
+                         "hi, I am on a phone", "welcome carol"):
+                self.assertEqual(text.count(line), 1, f"{line!r} in {text}")
+        out = self.read("bob.out")
+        for line in ("alice: hello from the browser", f"alice: {HOSTILE}", "carol: hi, I am on a phone",
+                     "bob: welcome carol"):
+            self.assertEqual(out.count(line), 1, f"{line!r} in {out}")
+
+        # The host leaves: the room closes for the other browser and the terminal.
+        self.by_id(alice, "leave").click()
+        self.wait_for(lambda: "You left room “Lobby”." in self.notice(alice), "alice back in the lobby")
+        self.wait_for(lambda: "Room “Lobby” closed: the host left." in self.notice(carol), "carol to see it close")
+        self.assertFalse(self.by_id(carol, "line").is_enabled())
+        self.assertEqual(bob.wait(LIMIT), 1, self.read("bob.err"))
+        for driver in (alice, carol):
+            self.assertNoPageErrors(driver)
+        self.assertNotIn("Traceback", self.read("daemon.log"))

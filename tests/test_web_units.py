@@ -1,0 +1,204 @@
+"""
+The WebSocket binding's codec (pure), the Origin rule, the client address
+behind a proxy, and the --web options.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+
+from ocm.datagram import Event, EventKind
+from ocm.tap import Options
+from ocm.tcrp import Op, ProtocolError
+from ocm.web import binding
+from ocm.web.chat import WebChatFactory, same_origin
+
+
+class ParseTests(TestCase):
+    def parse(self, frame):
+        return binding.parse_frame(frame if isinstance(frame, str) else json.dumps(frame))
+
+    def refused(self, frame, status=400):
+        with self.assertRaises(ProtocolError) as caught:
+            self.parse(frame)
+        self.assertEqual(caught.exception.status, status, frame)
+        return caught.exception.message
+
+    def test_room_requests(self):
+        self.assertEqual(self.parse({"op": "list"}), binding.RoomRequest(Op.LIST_ROOMS))
+        self.assertEqual(
+            self.parse({"op": "create", "room": "Lobby", "username": "ann", "password": "pw"}),
+            binding.RoomRequest(Op.CREATE_ROOM, "Lobby", "ann", "pw"),
+        )
+        for password in (None, ""):
+            self.assertEqual(
+                self.parse({"op": "join", "room": "Lobby", "username": "ann", "password": password}),
+                binding.RoomRequest(Op.JOIN_ROOM, "Lobby", "ann", ""),
+            )
+
+    def test_member_frames(self):
+        self.assertEqual(self.parse({"op": "send", "id": 7, "text": "hi"}), binding.Say(7, "hi"))
+        self.assertEqual(self.parse({"op": "send", "id": 1, "text": "é" * 1536}).text, "é" * 1536)
+        self.assertEqual(self.parse({"op": "history", "first": 2, "last": 9}), binding.History(2, 9))
+        self.assertEqual(self.parse({"op": "leave"}), binding.Leave())
+
+    def test_names_follow_the_protocols_rules(self):
+        self.assertIn("white space", self.refused({"op": "create", "room": "Lobby ", "username": "a"}))
+        self.assertIn("control character", self.refused({"op": "join", "room": "L", "username": "a\u202eb"}))
+        self.assertIn("255", self.refused({"op": "join", "room": "x" * 256, "username": "a"}))
+        self.assertIn("username", self.refused({"op": "join", "room": "L"}))
+        self.assertIn("password", self.refused({"op": "join", "room": "L", "username": "a", "password": 5}))
+        self.assertIn("1024", self.refused({"op": "join", "room": "L", "username": "a", "password": "p" * 1025}))
+
+    def test_malformed(self):
+        for frame in ("", "nope", "[]", "1", '"list"', json.dumps({}), json.dumps({"op": 3}),
+                      json.dumps({"op": "dance"}), "[" * 100_000):
+            self.refused(frame)
+        for bad in ({"id": 0}, {"id": -1}, {"id": 2**32}, {"id": True}, {"id": 1.5}, {"id": "1"}):
+            self.refused({"op": "send", "text": "x", **bad})
+        self.refused({"op": "send", "id": 1, "text": ""})
+        self.refused({"op": "send", "id": 1})
+        self.refused({"op": "history", "first": 3, "last": 2})
+        self.refused({"op": "history", "first": 0, "last": 2})
+        self.refused({"op": "history", "first": 1, "last": 2**64})
+
+    def test_lone_surrogates_are_refused_not_crashed_on(self):
+        self.assertIn("surrogate", self.refused('{"op": "send", "id": 1, "text": "\\ud800"}'))
+        self.refused('{"op": "create", "room": "\\udfff", "username": "a"}')
+
+    def test_text_over_the_datagram_limit_is_413(self):
+        self.assertIn("3072", self.refused({"op": "send", "id": 1, "text": "é" * 1537}, 413))
+
+
+class EncodeTests(TestCase):
+    def test_response_and_complete(self):
+        self.assertEqual(
+            json.loads(binding.encode_response(Op.JOIN_ROOM, "Lobby", 429, "slow down", retry_after=3)),
+            {"type": "response", "op": "join", "room": "Lobby", "status": 429, "message": "slow down", "retry_after": 3},
+        )
+        body = {"token": "t", "key": "k", "udp_port": 9002, "host": False, "members": ["a"], "seq": 4}
+        self.assertEqual(
+            json.loads(binding.encode_complete(Op.JOIN_ROOM, "Lobby", body)),
+            {"type": "complete", "op": "join", "room": "Lobby", "host": False, "members": ["a"], "seq": 4},
+        )
+
+    def test_error_carries_retry_after(self):
+        error = ProtocolError(429, "wait", retry_after=0.2)
+        self.assertEqual(json.loads(binding.encode_error(error)),
+                         {"type": "error", "status": 429, "message": "wait", "retry_after": 1})
+
+    def test_events(self):
+        def encoded(*args, **kw):
+            return json.loads(binding.encode_event(Event(*args, **kw)))
+
+        self.assertEqual(encoded(EventKind.MESSAGE, 5, 1000, "bob", "<b>hi</b>"),
+                         {"type": "event", "kind": "message", "seq": 5, "time": 1000, "name": "bob", "text": "<b>hi</b>"})
+        self.assertEqual(encoded(EventKind.ECHO, 6, 1001, "ann", "", 3),
+                         {"type": "event", "kind": "echo", "seq": 6, "time": 1001, "name": "ann", "id": 3})
+        self.assertEqual(encoded(EventKind.EXPIRED, 2, 1002, "", ""),
+                         {"type": "event", "kind": "expired", "seq": 2, "time": 1002})
+        for kind, name in ((EventKind.JOINED, "joined"), (EventKind.LEFT, "left"),
+                           (EventKind.TIMED_OUT, "timed_out"), (EventKind.CLOSED, "closed"),
+                           (EventKind.HISTORY, "history")):
+            self.assertEqual(encoded(kind, 0, 1, "x", "")["kind"], name)
+        self.assertIsNone(binding.encode_event(Event(0x7F, 0, 0, "", "")))
+
+    def test_text_is_json_escaped_never_raw(self):
+        frame = binding.encode_event(Event(EventKind.MESSAGE, 1, 1, "a", '"}\n</script>\u2028'))
+        self.assertEqual(json.loads(frame)["text"], '"}\n</script>\u2028')
+        self.assertNotIn("\n", frame)
+
+
+class OriginTests(TestCase):
+    def test_same_host_and_port(self):
+        self.assertTrue(same_origin("https://chat.example.org", "chat.example.org", frozenset()))
+        self.assertTrue(same_origin("https://chat.example.org:443", "chat.example.org", frozenset()))
+        self.assertTrue(same_origin("https://CHAT.example.org:8443", "chat.example.org:8443", frozenset()))
+        self.assertTrue(same_origin("http://[::1]:8080", "[::1]:8080", frozenset()))
+        # Behind a proxy that ends TLS the page is https, the Host the same.
+        self.assertTrue(same_origin("https://chat.example.org", "chat.example.org:443", frozenset()))
+
+    def test_others_refused(self):
+        for origin, host in (("https://evil.example", "chat.example.org"),
+                             ("https://chat.example.org:8443", "chat.example.org"),
+                             ("https://chat.example.org.evil.example", "chat.example.org"),
+                             ("null", "chat.example.org"), ("", "chat.example.org"),
+                             ("file://", ""), ("chrome-extension://abc", "abc"),
+                             ("https://chat.example.org", "")):
+            self.assertFalse(same_origin(origin, host, frozenset()), origin)
+
+    def test_allowed_list(self):
+        allowed = frozenset({"https://other.example"})
+        self.assertTrue(same_origin("https://other.example", "chat.example.org", allowed))
+        self.assertFalse(same_origin("http://other.example", "chat.example.org", allowed))
+
+
+class ClientAddressTests(TestCase):
+    def factory(self, behind_proxy):
+        class Tcrp:
+            request_timeout = 10.0
+
+        class Rooms:
+            timeout = 60.0
+
+        return WebChatFactory(Rooms(), Tcrp(), behind_proxy=behind_proxy)
+
+    def test_forwarded_for_only_behind_a_local_proxy(self):
+        direct, proxied = self.factory(False), self.factory(True)
+        self.assertEqual(direct.client_ip("203.0.113.9", "198.51.100.1"), "203.0.113.9")
+        self.assertEqual(proxied.client_ip("127.0.0.1", "10.9.9.9, 198.51.100.1"), "198.51.100.1")
+        self.assertEqual(proxied.client_ip("::ffff:127.0.0.1", "198.51.100.1"), "198.51.100.1")
+        self.assertEqual(proxied.client_ip("127.0.0.1", "not an address"), "127.0.0.1")
+        self.assertEqual(proxied.client_ip("203.0.113.9", "198.51.100.1"), "203.0.113.9")
+
+
+class WebOptionsTests(TestCase):
+    def parse(self, *args):
+        o = Options()
+        o.parseOptions(list(args))
+        return o
+
+    def test_off_by_default(self):
+        self.assertIsNone(self.parse()["web"])
+
+    def test_a_bare_port(self):
+        self.assertEqual(self.parse("--web", "8443")["web-endpoint"], "tcp:8443")
+        self.assertEqual(self.parse("--web", "8443", "--interface", "10.0.0.5")["web-endpoint"],
+                         "tcp:8443:interface=10.0.0.5")
+        # Plain HTTP on a bare port stays on loopback.
+        self.assertEqual(self.parse("--web", "8080", "--web-no-tls")["web-endpoint"],
+                         "tcp:8080:interface=127.0.0.1")
+
+    def test_plain_http_only_locally(self):
+        for endpoint in ("tcp:8080", "tcp:8080:interface=0.0.0.0", "tcp6:8080:interface=\\:\\:"):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse("--web", endpoint, "--web-no-tls")
+            self.assertIn("--web-no-tls", str(caught.exception))
+        self.parse("--web", "tcp:8080:interface=127.0.0.1", "--web-no-tls")
+        self.parse("--web", "tcp6:8080:interface=\\:\\:1", "--web-no-tls")
+        self.parse("--web", "unix:/run/ocm/web.sock", "--web-no-tls")
+
+    def test_bad_values_name_the_option(self):
+        for args, option in ((["--web", "99999"], "--web"), (["--web", "nonsense:1"], "--web"),
+                             (["--web-no-tls"], "--web-no-tls"),
+                             (["--web-origin", "chat.example.org"], "--web-origin"),
+                             (["--web-origin", "https://x.example/path"], "--web-origin"),
+                             (["--web-max-connections", "0"], "--web-max-connections")):
+            with self.assertRaises(usage.UsageError, msg=args) as caught:
+                self.parse(*args)
+            self.assertIn(option, str(caught.exception))
+
+    def test_origins_normalised(self):
+        self.assertEqual(
+            self.parse("--web-origin", "https://Chat.Example.org:443, http://x.example:8080")["web-origin-set"],
+            frozenset({"https://chat.example.org", "http://x.example:8080"}),
+        )
+
+    def test_web_tls_needs_a_certificate_even_with_plain_tcrp(self):
+        o = self.parse("--no-tls", "--web", "8443", "--tls-cert", __file__, "--tls-key", __file__)
+        self.assertTrue(o["no-tls"])
+        with self.assertRaises(usage.UsageError):
+            self.parse("--no-tls", "--tls-cert", __file__, "--tls-key", __file__)

@@ -5,8 +5,8 @@ an C{ocm-client} process in the same room.
 
 Needs Debian's chromium and chromium-driver (.ci/run installs them). Outside
 CI a missing part skips the test with a loud reason; with CI set it fails.
-Set OCM_WEB_SCREENSHOTS to a directory to keep the screenshots there
-(docs/ has the ones this test took).
+Set OCM_WEB_SCREENSHOTS to a directory (relative to the checkout) to keep
+the screenshots there; docs/ has the ones this test took.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -47,6 +48,62 @@ def free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
+class Forwarder:
+    """
+    A TCP relay on loopback between browsers and the daemon, whose
+    connections the test can cut, as a lost network would.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=LIMIT)
+            upstream.settimeout(None)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        """Drop every connection now; new ones are still let through."""
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
 class BrowserChatTests(unittest.TestCase):
     timeout = 240
 
@@ -67,7 +124,8 @@ class BrowserChatTests(unittest.TestCase):
             PYTHONUNBUFFERED="1",
         )
         self.env.pop("OCM_PASSWORD", None)
-        self.shots = Path(os.environ.get("OCM_WEB_SCREENSHOTS") or self.dir)
+        # Relative to the checkout: trial runs tests in _trial_temp.
+        self.shots = REPO / os.environ["OCM_WEB_SCREENSHOTS"] if os.environ.get("OCM_WEB_SCREENSHOTS") else self.dir
 
     # -- processes ------------------------------------------------------------
 
@@ -118,7 +176,7 @@ class BrowserChatTests(unittest.TestCase):
 
     # -- browsers -------------------------------------------------------------
 
-    def open_browser(self, width: int = 1000, height: int = 720) -> Any:
+    def open_browser(self, width: int = 1000, height: int = 720, port: int | None = None) -> Any:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
@@ -133,7 +191,7 @@ class BrowserChatTests(unittest.TestCase):
         driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
         self.addCleanup(driver.quit)
         driver.set_page_load_timeout(LIMIT)
-        driver.get(f"https://127.0.0.1:{self.web}/")
+        driver.get(f"https://127.0.0.1:{port or self.web}/")
         self.wait_for(lambda: driver.execute_script("return document.readyState") == "complete", "the page")
         return driver
 
@@ -265,3 +323,30 @@ class BrowserChatTests(unittest.TestCase):
         for driver in (alice, carol):
             self.assertNoPageErrors(driver)
         self.assertNotIn("Traceback", self.read("daemon.log"))
+
+    def test_a_guest_reconnects_after_a_dropped_connection(self) -> None:
+        self.start_daemon()
+        network = Forwarder(self.web)
+        self.addCleanup(network.close)
+        bob = self.spawn("bob", ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp),
+                                 "--name", "bob", "--room", "Net", "--create"])
+        self.wait_for(lambda: "Created room 'Net'" in self.read("bob.err") or bob.poll() is not None,
+                      "bob to create the room")
+        dave = self.open_browser(port=network.port)
+        self.fill(dave, name="dave", room="Net")
+        self.by_id(dave, "join").click()
+        self.wait_line(dave, "You joined room “Net” as “dave”", "dave to join")
+        self.wait_for(lambda: "* dave joined" in self.read("bob.out"), "bob to see dave join")
+
+        network.cut()
+        self.wait_for(lambda: "* dave left" in self.read("bob.out"), "the daemon to see dave's connection go")
+        self.wait_for(lambda: "The connection dropped. Reconnecting" in self.notice(dave), "the page to say so")
+        bob.stdin.write(b"said while dave was away\n")
+        bob.stdin.flush()
+        self.wait_for(lambda: "Reconnected." in self.notice(dave), "the page to reconnect")
+        lines = self.wait_line(dave, "bob: said while dave was away$", "the missed line")
+        self.assertEqual(sum("said while dave was away" in line for line in lines), 1)
+        self.wait_for(lambda: self.read("bob.out").count("* dave joined") == 2, "bob to see dave back")
+        self.say(dave, "back again")
+        self.wait_for(lambda: "] dave: back again\n" in self.read("bob.out"), "dave's line after reconnecting")
+        self.assertNoPageErrors(dave)

@@ -199,6 +199,16 @@ class ChatTests(WebTestCase):
         self.assertEvent(await host.event(), wire.LEFT, "bea")
         self.assertEqual((await b.wait_closed())[0], 1000)
 
+    async def test_host_leaving_closes_the_room(self):
+        self.start()
+        b, _ = await self.member("create", "Lobby", "bea")
+        guest = await self.enter("Lobby", "guest")
+        await b.next_event()
+        b.send({"op": "leave"})
+        self.assertEvent(await guest.event(), wire.CLOSED, "bea", "the host left")
+        self.assertEqual((await b.wait_closed())[0], 1000)
+        b.assertQuiet()
+
     async def test_host_browser_gone_closes_the_room(self):
         self.start()
         b, _ = await self.member("create", "Lobby", "bea")
@@ -243,7 +253,15 @@ class LivenessTests(WebTestCase):
         b, _ = await self.member("join", "Lobby", "bea", cls=Mute)
         self.assertEvent(await host.event(), wire.JOINED, "bea")
         self.assertEvent(await host.event(timeout=5), wire.TIMED_OUT, "bea")
-        await b.wait_closed(timeout=5)  # and the server lets the socket go
+        # Its next frame is told it is out, not silently dropped.
+        b.send({"op": "send", "id": 1, "text": "am I still here?"})
+        self.assertEqual(await b.wait_closed(), (4001, "you were silent too long and left the room"))
+
+    async def test_a_dead_connection_is_dropped(self):
+        self.start("--timeout", "1")
+        b, _ = await self.member("create", "Lobby", "bea", cls=Mute)
+        await b.wait_closed(timeout=8)  # timed out, then the socket let go
+        self.assertEqual(self.svc.rooms.rooms, {})
 
 
 class RefusalTests(WebTestCase):

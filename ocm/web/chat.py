@@ -117,9 +117,11 @@ class WebChatFactory(WebSocketServerFactory):
             failByDrop=False,
             # Liveness: a ping every third of the timeout. The room's sweep
             # removes a member whose pongs stop (TIMED_OUT), as it removes a
-            # silent one; the socket itself is dropped a third later.
+            # silent one; the socket itself is dropped later. autobahn's
+            # timers run to whole seconds, hence the 2 s: the sweep (at most
+            # a second late) must come first.
             autoPingInterval=max(0.5, service.timeout / 3),
-            autoPingTimeout=max(1.0, service.timeout),
+            autoPingTimeout=service.timeout + 2,
             # Compression would let a small frame inflate to a large one.
             perMessageCompressionAccept=lambda offers: None,
         )
@@ -136,7 +138,11 @@ class WebChatFactory(WebSocketServerFactory):
                 ipaddress.ip_address(last)
             except ValueError:
                 return ip
-            if ipaddress.ip_address(ip).is_loopback:
+            try:
+                local = ipaddress.ip_address(ip).is_loopback
+            except ValueError:
+                local = ip == ""  # a Unix socket's peer has no address
+            if local:
                 return normalize_ip(last)
         return ip
 
@@ -198,6 +204,9 @@ class ChatSocket(WebSocketServerProtocol):
         if self._ended:
             return
         if self.member is not None:
+            if not self._still_member():
+                self._removed()
+                return
             self.factory.service.touch(self.member)
         try:
             if isBinary:
@@ -219,9 +228,8 @@ class ChatSocket(WebSocketServerProtocol):
         elif isinstance(frame, binding.History):
             self.factory.service.request_history(self.member, frame.first, frame.last)
         else:  # Leave
-            member, self.member = self.member, None
-            self.factory.service.leave(member)
             self._end(CLOSE_NORMAL, "you left the room")
+            self._leave_quietly()
 
     def onPong(self, payload: bytes) -> None:
         if self.member is None:
@@ -229,10 +237,15 @@ class ChatSocket(WebSocketServerProtocol):
         if self._still_member():
             self.factory.service.touch(self.member)
         else:
-            # Removed by the sweep (no pong for the room timeout, then this
-            # late one): the others were told it timed out.
-            self.member = None
-            self._end(CLOSE_REMOVED, "you were silent too long and left the room")
+            self._removed()
+
+    def _removed(self) -> None:
+        """
+        The sweep removed this member (no pong or frame for the room
+        timeout, then this late one): the others were told it timed out.
+        """
+        self.member = None
+        self._end(CLOSE_REMOVED, "you were silent too long and left the room")
 
     def _refuse_frame(self, error: ProtocolError) -> None:
         """A bad frame: say why; malformed input also ends the connection."""
@@ -240,8 +253,8 @@ class ChatSocket(WebSocketServerProtocol):
         self._send(binding.encode_error(error))
         if error.status == Status.BAD_REQUEST:
             self._log.info("closing the WebSocket of {ip}: {why}", ip=self.ip, why=error.message)
-            self._leave_quietly()
             self._end(CLOSE_MALFORMED, "malformed frame")
+            self._leave_quietly()
 
     # -- room requests --------------------------------------------------------
 
@@ -283,6 +296,7 @@ class ChatSocket(WebSocketServerProtocol):
                 return
         finally:
             self._asking = False
+            self._rearm_idle()
         if body is None:
             return
         if frame.op != Op.LIST_ROOMS:
@@ -315,7 +329,9 @@ class ChatSocket(WebSocketServerProtocol):
                 self._send(text)
             if parsed.kind == EventKind.CLOSED:
                 self.member = None
-                self._end(CLOSE_ROOM_CLOSED, parsed.text[:100] or "the room closed")
+                # A close reason is at most 123 bytes.
+                reason = parsed.text.encode()[:120].decode("utf-8", "ignore")
+                self._end(CLOSE_ROOM_CLOSED, reason or "the room closed")
         except Exception:
             self._log.failure("could not deliver an event to {ip} (web)", ip=self.ip)
 
@@ -326,6 +342,7 @@ class ChatSocket(WebSocketServerProtocol):
     # -- the end --------------------------------------------------------------
 
     def _end(self, code: int, reason: str) -> None:
+        """Close with C{code}; nothing more is sent (a leaving host's own CLOSED included)."""
         if self._ended:
             return
         self._ended = True
@@ -353,8 +370,8 @@ class ChatSocket(WebSocketServerProtocol):
 
     def _failed(self, failure: Any) -> None:
         self._log.failure("internal error answering {ip} (web)", failure, ip=self.ip)
-        self._leave_quietly()
         self._end(CLOSE_INTERNAL, "internal error")
+        self._leave_quietly()
 
     # -- sockets outside a room do not linger ---------------------------------
 

@@ -279,6 +279,8 @@ class BrowserChatTests(unittest.TestCase):
         self.by_id(carol, "join").click()
         self.wait_for(lambda: "Someone in room “Lobby” is already called “alice”. Choose another name."
                       in self.notice(carol), "the 409 sentence")
+        self.wait_for(lambda: "Lobby" in self.by_id(carol, "rooms").text, "the room list")
+        self.shot(carol, "web-lobby.png")
         self.fill(carol, name="carol")
         self.by_id(carol, "name").submit()  # Enter in the form joins
         lines = self.wait_line(carol, "alice: " + re.escape(HOSTILE), "carol's history")

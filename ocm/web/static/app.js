@@ -300,7 +300,7 @@ function say(text) {
       return;
     }
     // The same id again: the server relays it once and echoes it again.
-    conn.send({ op: "send", id, text });
+    if (conn) conn.send({ op: "send", id, text });
     line.timer = setTimeout(attempt, RESEND_AFTER[line.tries++]);
   };
   attempt();

@@ -56,16 +56,20 @@ class Forwarder:
 
     def __init__(self, target: int) -> None:
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        self.port = 0
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.listen()
 
-    def _accept(self) -> None:
+    def listen(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
-                client, _ = self.listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target), timeout=LIMIT)
@@ -100,6 +104,11 @@ class Forwarder:
             s.close()
 
     def close(self) -> None:
+        """Refuse new connections too (shutdown wakes the blocked accept)."""
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         self.cut()
 
@@ -149,14 +158,14 @@ class BrowserChatTests(unittest.TestCase):
         path = self.dir / name
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
-    def wait_for(self, check: Callable[[], Any], what: str) -> Any:
+    def wait_for(self, check: Callable[[], Any], what: str | Callable[[], str]) -> Any:
         deadline = time.monotonic() + LIMIT
         while True:
             result = check()
             if result:
                 return result
             if time.monotonic() > deadline:
-                self.fail(f"gave up waiting for {what}")
+                self.fail(f"gave up waiting for {what() if callable(what) else what}")
             time.sleep(0.05)
 
     def start_daemon(self) -> None:
@@ -225,8 +234,9 @@ class BrowserChatTests(unittest.TestCase):
 
         self.by_id(driver, "line").send_keys(text, Keys.ENTER)  # Enter sends
 
-    def assertNoPageErrors(self, driver: Any) -> None:
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    def assertNoPageErrors(self, driver: Any, expected: str | None = None) -> None:
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"
+                  and not (expected and re.search(expected, e["message"]))]
         self.assertEqual(errors, [], "console errors (CSP violations included)")
 
     def shot(self, driver: Any, name: str) -> None:
@@ -340,15 +350,21 @@ class BrowserChatTests(unittest.TestCase):
         self.wait_line(dave, "You joined room “Net” as “dave”", "dave to join")
         self.wait_for(lambda: "* dave joined" in self.read("bob.out"), "bob to see dave join")
 
-        network.cut()
+        network.close()  # the network is gone for a while: attempts fail
         self.wait_for(lambda: "* dave left" in self.read("bob.out"), "the daemon to see dave's connection go")
-        self.wait_for(lambda: "The connection dropped. Reconnecting" in self.notice(dave), "the page to say so")
+        self.wait_for(lambda: "The connection dropped. Reconnecting in 1 second" in self.notice(dave),
+                      "the page to say so")
         bob.stdin.write(b"said while dave was away\n")
         bob.stdin.flush()
+        self.wait_for(lambda: "Reconnecting in 4 seconds" in self.notice(dave),
+                      lambda: f"two failed attempts; the page says {self.notice(dave)!r}")
+        network.listen()
         self.wait_for(lambda: "Reconnected." in self.notice(dave), "the page to reconnect")
         lines = self.wait_line(dave, "bob: said while dave was away$", "the missed line")
         self.assertEqual(sum("said while dave was away" in line for line in lines), 1)
         self.wait_for(lambda: self.read("bob.out").count("* dave joined") == 2, "bob to see dave back")
+        self.assertEqual(self.read("bob.out").count("* dave joined"), 2)  # one attempt at a time
         self.say(dave, "back again")
         self.wait_for(lambda: "] dave: back again\n" in self.read("bob.out"), "dave's line after reconnecting")
-        self.assertNoPageErrors(dave)
+        # The browser reports each attempt that found no server, and nothing else.
+        self.assertNoPageErrors(dave, expected=r"WebSocket connection to 'wss://127\.0\.0\.1:\d+/ws' failed")

@@ -333,6 +333,7 @@ function leave() {
 function onClosed({ code, reason }) {
   const s = session;
   if (!s || !s.active) return; // the lobby's connection: reopened on the next request
+  if (s.reconnecting) return; // an attempt that failed: the loop below goes on
   if (code === CLOSE.roomClosed) {
     end(sentences.closed(s.room, reason));
   } else if (code === CLOSE.removed) {
@@ -349,6 +350,15 @@ function onClosed({ code, reason }) {
 }
 
 async function reconnect(s) {
+  s.reconnecting = true;
+  try {
+    await rejoin(s);
+  } finally {
+    s.reconnecting = false;
+  }
+}
+
+async function rejoin(s) {
   for (const line of s.pending.values()) fail(line);
   s.pending.clear();
   ui.line.disabled = ui.send.disabled = true;

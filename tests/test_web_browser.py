@@ -168,7 +168,7 @@ class BrowserChatTests(unittest.TestCase):
                 self.fail(f"gave up waiting for {what() if callable(what) else what}")
             time.sleep(0.05)
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, *args: str) -> None:
         self.tcp, udp, self.web = (
             free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
         )
@@ -177,7 +177,7 @@ class BrowserChatTests(unittest.TestCase):
             "-n", "--pidfile=", "--logfile", str(self.dir / "daemon.log"), "ocm",
             "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(udp),
             "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"),
-            "--web", str(self.web),
+            "--web", str(self.web), *args,
         ])
         self.wait_for(lambda: "web chat page: HTTPS" in self.read("daemon.log") or daemon.poll() is not None,
                       "the daemon to start")
@@ -368,3 +368,31 @@ class BrowserChatTests(unittest.TestCase):
         self.wait_for(lambda: "] dave: back again\n" in self.read("bob.out"), "dave's line after reconnecting")
         # The browser reports each attempt that found no server, and nothing else.
         self.assertNoPageErrors(dave, expected=r"WebSocket connection to 'wss://127\.0\.0\.1:\d+/ws' failed")
+
+    def test_refusals_are_sentences(self) -> None:
+        self.start_daemon("--password-burst", "2")
+        host = self.open_browser()
+        self.fill(host, name="host", room="Locked", password="s3cret")
+        self.by_id(host, "create").click()
+        self.wait_line(host, "You created room “Locked”", "the locked room")
+        self.say(host, "é" * 1537)
+        self.wait_for(lambda: "That message is too long (3074 bytes); the limit is 3072. Split it up."
+                      in self.notice(host), "the size sentence")
+
+        guest = self.open_browser()
+        cases = [
+            ({"name": " eve", "room": "Locked", "password": ""}, "Your name cannot start or end with a space."),
+            ({"name": "eve", "room": "", "password": ""}, "Please type the room's name."),
+            ({"name": "eve", "room": "Locked", "password": ""},
+             "Room “Locked” has a password. Type it in the password field and join again."),
+            ({"name": "eve", "room": "Locked", "password": "guess"}, "That password is not right for room “Locked”."),
+            ({"name": "eve", "room": "Locked", "password": "again"},
+             "Too many wrong passwords for room “Locked” from your address. Try again in "),
+        ]
+        for fields, sentence in cases:
+            self.fill(guest, **fields)
+            self.by_id(guest, "join").click()
+            self.wait_for(lambda: sentence in self.notice(guest),
+                          lambda: f"{sentence!r}; the page says {self.notice(guest)!r}")
+        for driver in (host, guest):
+            self.assertNoPageErrors(driver)

@@ -246,6 +246,16 @@ class LivenessTests(WebTestCase):
         self.assertEvent(await host.event(), wire.MESSAGE, "host", "still there?", seq=1)
         self.assertEqual((await b.next_event())["text"], "still there?")
 
+    async def test_the_http_idle_timeout_does_not_cut_a_websocket(self):
+        # The Site closes idle HTTP connections after max(request timeout,
+        # room timeout): 0.5 s here; the WebSocket outlives it by far.
+        self.start("--timeout", "0.5", "--request-timeout", "0.1")
+        b, _ = await self.member("create", "Lobby", "bea")
+        await wire.sleep(reactor, 2.0)
+        b.send({"op": "send", "id": 1, "text": "still here"})
+        self.assertEqual((await b.next_event())["kind"], "echo")
+        self.assertIsNone(b.close_info)
+
     async def test_a_browser_that_stops_answering_times_out(self):
         self.start("--timeout", "1")
         host = await self.enter("Lobby", "host", create=True)

@@ -429,7 +429,13 @@ addEventListener("pagehide", () => {
   if (session && session.active && conn) {
     conn.send({ op: "leave" });
     conn.close();
+    conn = null;
+    session.leftWithPage = true;
   }
+});
+// Back to a page kept in the browser's cache: its room was left on the way out.
+addEventListener("pageshow", (e) => {
+  if (e.persisted && session && session.leftWithPage) end(sentences.leftWithPage(session.room));
 });
 
 showLobby();

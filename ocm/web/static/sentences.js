@@ -80,6 +80,7 @@ export const sentences = {
   removed: (room) => `You were away too long and were removed from room ${q(room)}. Join again to come back.`,
   internal: "The server had an internal error. Join the room again.",
   left: (room) => `You left room ${q(room)}.`,
+  leftWithPage: (room) => `You left room ${q(room)} when you left this page. Join again to come back.`,
   undelivered: "not delivered",
   expired: "Older messages are no longer kept.",
 };

@@ -76,20 +76,13 @@ class Envelope(NamedTuple):
     data: bytes
 
 
-class Message(NamedTuple):
-    """
-    A validated inner message. C{text} is the chat text of CHAT and SEND,
-    and C{raw} the same text as it came (UTF-8, checked), which the server
-    relays without encoding it again; C{number} is SEND's msg_id, or
-    HISTORY's first seq; C{last} is HISTORY's last seq. Unused fields are
-    "", b"" and 0.
-    """
-
-    kind: int
-    text: str
-    number: int
-    last: int
-    raw: bytes
+# A validated inner message, as a plain tuple (a NamedTuple costs about
+# 0.1 us more to build, once per datagram): (kind, text, number, last, raw).
+# text is the chat text of CHAT and SEND, and raw the same text as it came
+# (UTF-8, checked), which the server relays without encoding it again;
+# number is SEND's msg_id, or HISTORY's first seq; last is HISTORY's last
+# seq. Unused fields are "", b"" and 0.
+Message = tuple[int, str, int, int, bytes]
 
 
 @dataclass(frozen=True)
@@ -144,10 +137,8 @@ def open_envelope(aead: AESGCM, envelope: Envelope) -> bytes:
 # costs about 0.35 us, and the datagram path made several per datagram.
 _CHAT, _HEARTBEAT, _LEAVE = Kind.CHAT, Kind.HEARTBEAT, Kind.LEAVE
 _HISTORY, _SEND = Kind.HISTORY, Kind.SEND
-# Message(...) built in C, as _envelope is.
-_message = functools.partial(tuple.__new__, Message)
-_HEARTBEAT_MESSAGE = _message((_HEARTBEAT, "", 0, 0, b""))
-_LEAVE_MESSAGE = _message((_LEAVE, "", 0, 0, b""))
+_HEARTBEAT_MESSAGE: Message = (_HEARTBEAT, "", 0, 0, b"")
+_LEAVE_MESSAGE: Message = (_LEAVE, "", 0, 0, b"")
 
 
 def parse_message(inner: bytes) -> Message:
@@ -167,7 +158,7 @@ def parse_message(inner: bytes) -> Message:
             raise DatagramError("malformed", "msg_id 0")
         raw = inner[5:]
         try:
-            return _message((_SEND, raw.decode("utf-8"), msg_id, 0, raw))
+            return _SEND, raw.decode("utf-8"), msg_id, 0, raw
         except UnicodeDecodeError:
             raise DatagramError("malformed", "SEND text is not UTF-8")
     if kind == _CHAT:
@@ -176,7 +167,7 @@ def parse_message(inner: bytes) -> Message:
             raise DatagramError("malformed", f"chat text of {size - 1} bytes")
         raw = inner[1:]
         try:
-            return _message((_CHAT, raw.decode("utf-8"), 0, 0, raw))
+            return _CHAT, raw.decode("utf-8"), 0, 0, raw
         except UnicodeDecodeError:
             raise DatagramError("malformed", "chat text is not UTF-8")
     if kind == _HEARTBEAT or kind == _LEAVE:
@@ -189,7 +180,7 @@ def parse_message(inner: bytes) -> Message:
         first, last = _range.unpack_from(inner, 1)
         if not 1 <= first <= last:
             raise DatagramError("malformed", f"HISTORY range {first}..{last}")
-        return _message((_HISTORY, "", first, last, b""))
+        return _HISTORY, "", first, last, b""
     raise DatagramError("malformed", f"unknown kind {kind}")
 
 

@@ -71,8 +71,11 @@ class TokenBucket:
         self.tokens = min(self.burst, self.tokens + 1.0)
 
     def ready(self, now: float) -> bool:
-        """Whether L{take} would succeed, without taking."""
-        return not self.rate or self._refill(now) >= 1.0
+        """
+        Whether a token is there, without taking it; a rounding error short
+        of one counts, so a client that waits exactly L{wait} is not early.
+        """
+        return not self.rate or self._refill(now) >= 1.0 - 1e-9
 
     def wait(self, now: float) -> float:
         """Seconds until the next token (a debt included)."""

@@ -44,10 +44,11 @@ def main() -> None:
     p.add_argument("--typos", type=int, default=0, help="wrong passwords one student types first")
     p.add_argument("--limit", type=float, default=120.0)
     p.add_argument("--daemon-arg", action="append", default=[])
+    p.add_argument("--repo", type=Path, default=REPO, help="the checkout whose daemon and client to run")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ocm-crowd-"))
-    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CONFIG_HOME=str(work / "config"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=str(args.repo.resolve()), XDG_CONFIG_HOME=str(work / "config"), PYTHONUNBUFFERED="1")
     env.pop("OCM_PASSWORD", None)
     tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     no_tls = ["--no-tls"] if "--no-tls" in args.daemon_arg else []

@@ -83,8 +83,8 @@ class TCRPServerProtocol(Protocol):
         # The request rate is charged per connection, and refused once the
         # header arrives, so the refusal can echo the operation and room.
         now = f.clock.seconds()
-        bucket = f.requests.get(self.limit_key, now)
-        if not bucket.take(now):
+        bucket = f.requests.get(self.limit_key, now) if f.requests.rate else None
+        if bucket is not None and not bucket.take(now):
             f.limited["request_rate"] += 1
             self._rate_refusal = ProtocolError(
                 Status.TOO_MANY, "too many requests from your address; slow down",

@@ -66,10 +66,6 @@ class TokenBucket:
             self._refill(now)
             self.tokens -= 1.0
 
-    def refund(self) -> None:
-        """Give back a token taken for something that turned out fine."""
-        self.tokens = min(self.burst, self.tokens + 1.0)
-
     def ready(self, now: float) -> bool:
         """
         Whether a token is there, without taking it; a rounding error short

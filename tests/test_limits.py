@@ -28,12 +28,6 @@ class TokenBucketTests(SynchronousTestCase):
         self.assertAlmostEqual(b.wait(1), 0.2)
         self.assertEqual(sum(b.take(1000) for _ in range(100)), 20)  # never more than the burst
 
-    def test_refund(self):
-        b = TokenBucket(rate=1, burst=2, now=0)
-        self.assertTrue(b.take(0))
-        b.refund()
-        self.assertEqual(sum(b.take(0) for _ in range(10)), 2)
-
     def test_zero_rate_is_unlimited(self):
         b = TokenBucket(rate=0, burst=1, now=0)
         self.assertTrue(all(b.take(0) for _ in range(1000)))

@@ -435,6 +435,17 @@ class StatusTests(ClientTestCase):
             "The server is refusing requests from this address for now (too many); try again later.",
         )
 
+    async def test_a_busy_server_is_waited_for(self) -> None:
+        # PROTOCOL 1.1: a 429 with retry_after is waited for, and said so.
+        self.start_daemon("--request-burst", "1", "--request-rate", "1")
+        await self.host()  # spends the address's one request
+        bob = self.client("bob", "Lobby")
+        await bob.joined()
+        self.assertRegex(bob.errors[0], r"^The server refused for now \(too many requests from your "
+                                        r"address; slow down\); trying again in [12] s\.$")
+        self.assertIn("Joined room 'Lobby' as 'bob'", bob.errors[1])
+        self.assertEqual(self.svc.tcrp.limited["request_rate"], 1)
+
     async def test_connection_refused(self) -> None:
         port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
         number = port.getHost().port

@@ -297,12 +297,14 @@ class RefusalTests(WebTestCase):
         await self.member("create", "Locked", "alice", "s3cret")
         b = await self.browser()
         response, _ = await b.ask({"op": "join", "room": "Locked", "username": "bob"})
-        self.assertEqual(response["status"], 401)
-        response, _ = await b.ask({"op": "join", "room": "Locked", "username": "bob", "password": "guess"})
-        self.assertEqual(response["status"], 401)
+        self.assertEqual(response["status"], 401)  # no password: not a guess
+        for guess in ("guess", "again"):
+            response, _ = await b.ask({"op": "join", "room": "Locked", "username": "bob", "password": guess})
+            self.assertEqual(response["status"], 401)
         response, _ = await b.ask({"op": "join", "room": "Locked", "username": "bob", "password": "s3cret"})
         self.assertEqual(response["status"], 429)
         self.assertIn("password", response["message"])
+        self.assertGreaterEqual(response["retry_after"], 1)
         # TCRP from the same address shares the budget.
         status, _ = await self.ask(wire.JOIN_ROOM, "Locked", {"username": "bob", "password": "s3cret"})
         self.assertEqual(status, 429)
@@ -315,12 +317,14 @@ class RefusalTests(WebTestCase):
 
     async def test_request_rate_with_retry_after(self):
         self.start("--request-rate", "0.1", "--request-burst", "2")
+        self.assertEqual(self.svc.tcrp.limited["request_rate"], 0)
         b = await self.browser()
         for _ in range(2):
             self.assertEqual((await b.ask({"op": "list"}))[0]["status"], 200)
         response, _ = await b.ask({"op": "list"})
         self.assertEqual(response["status"], 429)
         self.assertGreaterEqual(response["retry_after"], 1)
+        self.assertEqual(self.svc.tcrp.limited["request_rate"], 1)
 
     async def test_malformed_frames_close_with_a_reason(self):
         self.start()

@@ -26,6 +26,7 @@ from ocm.client.display import (
     sanitize,
 )
 from ocm.client.errors import EXIT_FAILURE, EXIT_OK, ClientError, RequestRefused, UsageError
+from ocm.client.retry import retrying
 from ocm.client.session import ChatSession, Membership
 from ocm.client.tcrp import Reply, Server, list_rooms, request
 from ocm.datagram import MAX_TEXT, Event, EventKind
@@ -116,7 +117,8 @@ class ChatClient:
     async def _start(self) -> None:
         s = self.settings
         if s.list_only:
-            for line in rooms_lines(await list_rooms(self.reactor, self.server)):
+            rooms = await retrying(self.reactor, lambda: list_rooms(self.reactor, self.server), self.note)
+            for line in rooms_lines(rooms):
                 self.console.write_line(line)
             self.finish(EXIT_OK)
             return
@@ -142,7 +144,7 @@ class ChatClient:
         password = s.password
         mode = s.mode
         if mode is None and s.interactive:
-            listed = await list_rooms(self.reactor, self.server)
+            listed = await retrying(self.reactor, lambda: list_rooms(self.reactor, self.server), self.note)
             found = [
                 r for r in listed
                 if isinstance(r, dict) and isinstance(r.get("name"), str)
@@ -164,7 +166,11 @@ class ChatClient:
         op = Op.CREATE_ROOM if mode == "create" else Op.JOIN_ROOM
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                reply = await request(self.reactor, self.server, op, room, name, password or "")
+                reply = await retrying(
+                    self.reactor,
+                    lambda: request(self.reactor, self.server, op, room, name, password or ""),
+                    self.note,
+                )
                 return reply, op, name
             except RequestRefused as e:
                 retry = s.interactive and op == Op.JOIN_ROOM and attempt < ATTEMPTS

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ocm.datagram import EventKind, parse_event
+from ocm.limits import address_key
 from ocm.names import name_key
 from ocm.rooms import RoomService, normalize_ip
 from ocm.tcrp import Op, ProtocolError, Request, Status
@@ -172,6 +173,7 @@ class ChatSocket(WebSocketServerProtocol):
     _log = Logger()
 
     ip = ""
+    limit_key = ""
     member: Any = None
     _admitted = False
     _asking = False
@@ -185,13 +187,14 @@ class ChatSocket(WebSocketServerProtocol):
         headers = request.headers
         peer = getattr(self.transport.getPeer(), "host", "")
         self.ip = f.client_ip(peer, headers.get("x-forwarded-for"))
+        self.limit_key = address_key(self.ip)  # an IPv6 /64 is one address
         origin = headers.get("origin", "")
         if not same_origin(origin, headers.get("host", ""), f.origins):
             f.refusals["origin"] += 1
             self._log.info("refused a WebSocket from {ip}: origin {origin!r} not allowed",
                           ip=self.ip, origin=origin[:200])
             raise ConnectionDeny(403, "this page's origin may not use the chat")
-        f.admit(self.ip)
+        f.admit(self.limit_key)
         self._admitted = True
         return None
 
@@ -277,8 +280,9 @@ class ChatSocket(WebSocketServerProtocol):
             try:
                 # Charged per request, from the same per-address budget TCRP uses.
                 now = tcrp.clock.seconds()
-                bucket = tcrp.requests.get(self.ip, now)
-                if not bucket.take(now):
+                bucket = tcrp.requests.get(self.limit_key, now) if tcrp.requests.rate else None
+                if bucket is not None and not bucket.take(now):
+                    tcrp.limited["request_rate"] += 1
                     raise ProtocolError(
                         Status.TOO_MANY, "too many requests from your address; slow down",
                         retry_after=bucket.wait(now),
@@ -366,7 +370,7 @@ class ChatSocket(WebSocketServerProtocol):
         self._leave_quietly()
         if self._admitted:
             self._admitted = False
-            self.factory.release(self.ip)
+            self.factory.release(self.limit_key)
 
     def _failed(self, failure: Any) -> None:
         self._log.failure("internal error answering {ip} (web)", failure, ip=self.ip)

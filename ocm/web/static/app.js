@@ -100,6 +100,7 @@ async function listRooms() {
 }
 
 async function enter(op) {
+  notice(""); // the last refusal goes; the answer to this one replaces it
   const name = ui.name.value;
   const room = ui.room.value;
   const password = ui.password.value;

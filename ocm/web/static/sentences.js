@@ -48,7 +48,7 @@ export function refusal(op, room, name, response, hadPassword) {
       return "That request is too large for the server.";
     case 429:
       return /password/.test(message)
-        ? `Too many wrong passwords for room ${q(room)} from your address.${later}`
+        ? `Too many wrong passwords for room ${q(room)}.${later}`
         : `Too many attempts from your address.${later}`;
     case 503:
       if (/full/.test(message)) return `Room ${q(room)} is full.${later}`;

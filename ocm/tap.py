@@ -15,6 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from ocm import tls
+from ocm.hashing import DEFAULT_QUEUE, HashPool
 from ocm.rooms import RoomService
 from ocm.service import OcmService
 from ocm.tcrp_server import TCRPFactory
@@ -91,6 +92,12 @@ class Options(usage.Options):
          "Datagrams a second per member, on average (0: no limit); the rest are dropped.",
          _number("member-rate", float, 0)],
         ["member-burst", None, "40", "Datagrams one member may send at once.", _number("member-burst", int, 1)],
+        ["hash-workers", None, "0",
+         "Threads hashing room passwords, at most one hash each at a time (0: one per CPU).",
+         _number("hash-workers", int, 0, 256)],
+        ["hash-queue", None, str(DEFAULT_QUEUE),
+         "Password hashes that may wait for a thread; past it a request with a password "
+         "gets 503 with retry_after.", _number("hash-queue", int, 0, 100000)],
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
@@ -141,6 +148,7 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         member_rate=config["member-rate"],
         member_burst=config["member-burst"],
     )
+    hashing = HashPool(reactor, workers=config["hash-workers"], queue=config["hash-queue"])
     tcrp = TCRPFactory(
         rooms,
         reactor,
@@ -152,6 +160,7 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         request_burst=config["request-burst"],
         password_rate=config["password-rate"] / 60,
         password_burst=config["password-burst"],
+        offload=hashing.submit,
     )
     factory: Any = tcrp
     if config["no-tls"]:
@@ -175,5 +184,6 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         factory = TLSMemoryBIOFactory(options, False, factory)
     endpoint = endpoints.serverFromString(reactor, config["tcp-endpoint"])
     return OcmService(
-        rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner
+        rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner,
+        hashing=hashing,
     )

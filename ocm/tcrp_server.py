@@ -147,7 +147,11 @@ class TCRPServerProtocol(Protocol):
                 f"too many wrong passwords for room {room.name!r} from your address; "
                 f"try again in {bucket.wait(now):.0f} s",
             )
-        ok = bool(password) and await f.offload(passwords.verify_password, password, room.password)
+        try:
+            ok = bool(password) and await f.offload(passwords.verify_password, password, room.password)
+        except ProtocolError:
+            bucket.refund()  # not checked (the hashing queue was full): no try spent
+            raise
         if ok:
             bucket.refund()
             return

@@ -1,0 +1,170 @@
+"""
+Password hashing on a pool of its own, bounded in threads and in memory.
+
+scrypt (n=2**14, r=8) takes a 16 MiB buffer and tens of milliseconds of one
+core. Run through the reactor's shared thread pool (up to 10 threads), a
+burst of password requests grew the daemon by about 16 MiB per thread for
+good: glibc raises its mmap threshold after the first 16 MiB buffer is freed,
+so every later buffer came from that thread's malloc arena, which keeps it.
+
+So here: at most C{workers} hashes run at once (one per CPU by default: more
+threads do not hash faster), at most C{queue} more wait, and past that a
+request is refused at once with 503 and C{retry_after}. And L{release_memory}
+fixes glibc's mmap threshold, so each buffer is mapped for its hash and
+unmapped after it: the daemon gives the memory back between bursts, at the
+price of faulting 16 MiB in again per hash (about 6 ms on a 30 ms hash here;
+docs/performance.md has the figures and the alternatives measured).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import os
+import platform
+from collections import deque
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from ocm.tcrp import ProtocolError, Status
+
+log = Logger()
+
+# Allocations this large or larger are mmapped and unmapped when freed.
+# Below the 16 MiB scrypt buffer, above anything the daemon allocates often.
+MMAP_THRESHOLD = 1024 * 1024
+_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+DEFAULT_QUEUE = 64
+# What a hash is assumed to take until one has been timed (seconds).
+_FIRST_GUESS = 0.05
+
+Run = Callable[..., defer.Deferred]
+
+
+def cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def release_memory(threshold: int = MMAP_THRESHOLD) -> bool:
+    """
+    Fix glibc's mmap threshold at C{threshold} bytes, which also stops it
+    from rising, so large buffers go back to the system when freed instead
+    of staying in a thread's arena. Process-wide; True if it took effect
+    (False off glibc, where nothing is changed).
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
+class HashPool:
+    """
+    Runs blocking hash functions on at most C{workers} threads of its own,
+    with at most C{queue} more waiting; L{submit} has C{deferToThread}'s
+    signature, so it is the TCRP factory's C{offload}.
+
+    For metrics: C{running} and C{queued} are the hashes in flight and
+    waiting now, C{refused} and C{done} count since start.
+
+    @param run: how one call is run off the reactor thread (tests inject one
+        that returns Deferreds they fire); by default, on this pool's threads.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        workers: int = 0,
+        queue: int = DEFAULT_QUEUE,
+        run: Run | None = None,
+    ) -> None:
+        self.clock = clock
+        self.workers = workers if workers > 0 else cpus()
+        self.limit = queue
+        self.running = 0
+        self.refused = 0
+        self.done = 0
+        self.mean = _FIRST_GUESS  # seconds a hash takes, smoothed
+        self._waiting: deque[tuple[defer.Deferred, Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.threadpool: ThreadPool | None = None
+        if run is None:
+            self.threadpool = ThreadPool(minthreads=0, maxthreads=self.workers, name="ocm-hash")
+            run = lambda fn, *args: deferToThreadPool(clock, self.threadpool, fn, *args)  # noqa: E731
+        self._run = run
+        self.released = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self.released = release_memory()
+        if self.threadpool is not None and not self.threadpool.started:
+            self.threadpool.start()
+        log.info(
+            "password hashing: {workers} thread(s), up to {queue} waiting{note}",
+            workers=self.workers, queue=self.limit,
+            note="" if self.released else " (malloc's mmap threshold left as it is)",
+        )
+
+    def stop(self) -> None:
+        """Refuse what is waiting, then stop the threads (a running hash ends first)."""
+        waiting, self._waiting = self._waiting, deque()
+        for d, _fn, _args in waiting:
+            d.errback(ProtocolError(Status.UNAVAILABLE, "the server is shutting down"))
+        if self.threadpool is not None and self.threadpool.started:
+            self.threadpool.stop()
+
+    def retry_after(self) -> float:
+        """Seconds until what is queued now should have been hashed."""
+        return max(1.0, math.ceil((self.running + self.queued + 1) * self.mean / self.workers))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """
+        Run C{fn(*args)} on a hash thread; the Deferred fires with its
+        result. With every thread busy and the queue full, it fails at once
+        with L{ProtocolError} 503 carrying C{retry_after}.
+        """
+        d: defer.Deferred = defer.Deferred()
+        if self.running < self.workers:
+            self._start(d, fn, args)
+        elif self.queued < self.limit:
+            self._waiting.append((d, fn, args))
+        else:
+            self.refused += 1
+            d.errback(ProtocolError(
+                Status.UNAVAILABLE,
+                "the server is busy checking passwords; try again shortly",
+                retry_after=self.retry_after(),
+            ))
+        return d
+
+    def _start(self, d: defer.Deferred, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.running += 1
+        started = self.clock.seconds()
+
+        def finished(result: Any) -> Any:
+            self.running -= 1
+            self.done += 1
+            self.mean += (max(0.0, self.clock.seconds() - started) - self.mean) / 8
+            self._next()
+            return result
+
+        self._run(fn, *args).addBoth(finished).chainDeferred(d)
+
+    def _next(self) -> None:
+        while self._waiting and self.running < self.workers:
+            d, fn, args = self._waiting.popleft()
+            self._start(d, fn, args)

@@ -380,8 +380,10 @@ class Churn:
         self._admit(host, 30, 180)
         self.rooms[room] = host
         self.counts["rooms"] += 1
-        for k in range(rng.randint(0, 9)):
-            self.reactor.callLater(rng.uniform(0, 20), self._guest_later, room, f"guest{k}", password)
+        # Guests arrive over the host's life, so rooms stay about as full.
+        life = host.leave_at - time.monotonic()
+        for k in range(rng.randint(0, 12)):
+            self.reactor.callLater(rng.uniform(0, 0.8 * life), self._guest_later, room, f"guest{k}", password)
         if rng.random() < 0.1:  # a taken name
             self.reactor.callLater(1, self._guest_later, room, "HOST", password)
         if password and rng.random() < 0.2:  # a wrong password

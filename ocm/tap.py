@@ -98,6 +98,12 @@ class Options(usage.Options):
         ["hash-queue", None, str(DEFAULT_QUEUE),
          "Password hashes that may wait for a thread; past it a request with a password "
          "gets 503 with retry_after.", _number("hash-queue", int, 0, 100000)],
+        ["history", None, "100",
+         "Recent messages each room keeps for HISTORY (protocol 1.1; 0: none).",
+         _number("history", int, 0, 100_000)],
+        ["history-bytes", None, "65536",
+         "Bytes of recent messages each room keeps at most, overhead included.",
+         _number("history-bytes", int, 4096, 64 * 1024 * 1024)],
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
@@ -147,6 +153,8 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         max_members=config["max-members"],
         member_rate=config["member-rate"],
         member_burst=config["member-burst"],
+        history=config["history"],
+        history_bytes=config["history-bytes"],
     )
     hashing = HashPool(reactor, workers=config["hash-workers"], queue=config["hash-queue"])
     tcrp = TCRPFactory(

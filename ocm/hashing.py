@@ -9,11 +9,11 @@ so every later buffer came from that thread's malloc arena, which keeps it.
 
 So here: at most C{workers} hashes run at once (one per CPU by default: more
 threads do not hash faster), at most C{queue} more wait, and past that a
-request is refused at once with 503 and C{retry_after}. And L{release_memory}
-fixes glibc's mmap threshold, so each buffer is mapped for its hash and
-unmapped after it: the daemon gives the memory back between bursts, at the
-price of faulting 16 MiB in again per hash (about 6 ms on a 30 ms hash here;
-docs/performance.md has the figures and the alternatives measured).
+request is refused at once with 503 and C{retry_after}. And by default
+(L{release_memory}, "arena") every thread allocates from glibc's one main
+arena, and the pool trims it each time it goes idle: within a burst the
+buffers are reused (no page faults), after it they go back to the system.
+docs/performance.md has the figures of this and the alternatives measured.
 """
 
 from __future__ import annotations
@@ -35,13 +35,21 @@ from ocm.tcrp import ProtocolError, Status
 
 log = Logger()
 
-# Allocations this large or larger are mmapped and unmapped when freed.
-# Below the 16 MiB scrypt buffer, above anything the daemon allocates often.
+# Allocations this large or larger are mmapped and unmapped when freed
+# (the "mmap" policy). Below the 16 MiB scrypt buffer.
 MMAP_THRESHOLD = 1024 * 1024
-_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+_M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # from glibc's malloc.h
 DEFAULT_QUEUE = 64
 # What a hash is assumed to take until one has been timed (seconds).
 _FIRST_GUESS = 0.05
+# How the memory of a hash is given back (docs/performance.md, "Memory"):
+# "arena": every thread allocates from glibc's main arena, and the pool
+#   trims it (malloc_trim) whenever it goes idle: hashes in a burst reuse
+#   the buffers, and they go back when the burst is over;
+# "mmap": a fixed mmap threshold: each buffer is mapped and unmapped per
+#   hash (16 MiB of page faults each time; slower in a burst);
+# "keep": glibc as it is: each thread's arena keeps its 16 MiB for good.
+MEMORY_POLICIES = ("arena", "mmap", "keep")
 
 Run = Callable[..., defer.Deferred]
 
@@ -54,20 +62,36 @@ def cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def release_memory(threshold: int = MMAP_THRESHOLD) -> bool:
+class Malloc:
+    """glibc's allocator settings, through ctypes; does nothing off glibc."""
+
+    def __init__(self) -> None:
+        self.libc: Any = None
+        if platform.libc_ver()[0] == "glibc":
+            try:
+                self.libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            except OSError:
+                self.libc = None
+
+    def mallopt(self, param: int, value: int) -> bool:
+        return self.libc is not None and bool(self.libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)))
+
+    def trim(self) -> bool:
+        """Give free heap memory back to the system (malloc_trim(0))."""
+        return self.libc is not None and bool(self.libc.malloc_trim(ctypes.c_size_t(0)))
+
+
+def release_memory(policy: str, malloc: Malloc | None = None) -> bool:
     """
-    Fix glibc's mmap threshold at C{threshold} bytes, which also stops it
-    from rising, so large buffers go back to the system when freed instead
-    of staying in a thread's arena. Process-wide; True if it took effect
-    (False off glibc, where nothing is changed).
+    Set glibc up for C{policy} (one of L{MEMORY_POLICIES}); process-wide,
+    and to be done before the hash threads start. True if it took effect.
     """
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)))
-    except (OSError, AttributeError):
-        return False
+    malloc = malloc or Malloc()
+    if policy == "arena":
+        return malloc.mallopt(_M_ARENA_MAX, 1)
+    if policy == "mmap":
+        return malloc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return False
 
 
 class HashPool:
@@ -89,7 +113,11 @@ class HashPool:
         workers: int = 0,
         queue: int = DEFAULT_QUEUE,
         run: Run | None = None,
+        memory: str = "arena",
+        malloc: Malloc | None = None,
     ) -> None:
+        if memory not in MEMORY_POLICIES:
+            raise ValueError(f"memory policy {memory!r} is not one of {MEMORY_POLICIES}")
         self.clock = clock
         self.workers = workers if workers > 0 else cpus()
         self.limit = queue
@@ -103,20 +131,23 @@ class HashPool:
             self.threadpool = ThreadPool(minthreads=0, maxthreads=self.workers, name="ocm-hash")
             run = lambda fn, *args: deferToThreadPool(clock, self.threadpool, fn, *args)  # noqa: E731
         self._run = run
+        self.memory = memory
+        self.malloc = malloc or Malloc()
         self.released = False
+        self.trims = 0
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
 
     def start(self) -> None:
-        self.released = release_memory()
+        self.released = release_memory(self.memory, self.malloc)
         if self.threadpool is not None and not self.threadpool.started:
             self.threadpool.start()
         log.info(
-            "password hashing: {workers} thread(s), up to {queue} waiting{note}",
-            workers=self.workers, queue=self.limit,
-            note="" if self.released else " (malloc's mmap threshold left as it is)",
+            "password hashing: {workers} thread(s), up to {queue} waiting, memory: {memory}{note}",
+            workers=self.workers, queue=self.limit, memory=self.memory,
+            note="" if self.released or self.memory == "keep" else " (not glibc: left as it is)",
         )
 
     def stop(self) -> None:
@@ -160,6 +191,10 @@ class HashPool:
             self.done += 1
             self.mean += (max(0.0, self.clock.seconds() - started) - self.mean) / 8
             self._next()
+            if not self.running and self.released and self.memory == "arena":
+                # Idle: the buffers of the burst go back to the system.
+                self.trims += 1
+                self.malloc.trim()
             return result
 
         self._run(fn, *args).addBoth(finished).chainDeferred(d)

@@ -15,7 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from ocm import tls
-from ocm.hashing import DEFAULT_QUEUE, HashPool
+from ocm.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
 from ocm.rooms import RoomService
 from ocm.service import OcmService
 from ocm.tcrp_server import TCRPFactory
@@ -45,6 +45,18 @@ def _number(option: str, kind: type, low: float, high: float | None = None):
         return number
 
     coerce.coerceDoc = f"({kind.__name__}, at least {low}{'' if high is None else f', at most {high}'})"
+    return coerce
+
+
+def _choice(option: str, choices: tuple[str, ...]):
+    """A coercer for one of a few words, whose error names the option."""
+
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"--{option}: {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    coerce.coerceDoc = f"(one of {', '.join(choices)})"
     return coerce
 
 
@@ -98,6 +110,10 @@ class Options(usage.Options):
         ["hash-queue", None, str(DEFAULT_QUEUE),
          "Password hashes that may wait for a thread; past it a request with a password "
          "gets 503 with retry_after.", _number("hash-queue", int, 0, 100000)],
+        ["hash-memory", None, "arena",
+         "How hashing gives its memory back (glibc): arena (one arena, trimmed when the hashing "
+         "pool is idle), mmap (each 16 MiB buffer mapped per hash: slower), keep (glibc's default: "
+         "16 MiB kept per thread).", _choice("hash-memory", MEMORY_POLICIES)],
         ["history", None, "100",
          "Recent messages each room keeps for HISTORY (protocol 1.1; 0: none).",
          _number("history", int, 0, 100_000)],
@@ -156,7 +172,9 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         history=config["history"],
         history_bytes=config["history-bytes"],
     )
-    hashing = HashPool(reactor, workers=config["hash-workers"], queue=config["hash-queue"])
+    hashing = HashPool(
+        reactor, workers=config["hash-workers"], queue=config["hash-queue"], memory=config["hash-memory"]
+    )
     tcrp = TCRPFactory(
         rooms,
         reactor,

@@ -184,12 +184,64 @@ class ThreadTests(TestCase):
 
         return d.addCallback(check)
 
-    def test_release_memory_fixes_the_mmap_threshold_on_glibc(self):
+    def test_one_arena_on_glibc(self):
         import platform
 
         if platform.libc_ver()[0] != "glibc":
-            raise self.skipTest("not glibc: nothing to fix")
-        self.assertTrue(release_memory())
+            raise self.skipTest("not glibc: nothing to set")
+        self.assertTrue(release_memory("arena"))
+        self.assertFalse(release_memory("keep"))
+
+
+class FakeMalloc:
+    def __init__(self):
+        self.options = []
+        self.trims = 0
+
+    def mallopt(self, param, value):
+        self.options.append((param, value))
+        return True
+
+    def trim(self):
+        self.trims += 1
+        return True
+
+
+class MemoryTests(SynchronousTestCase):
+    def pool(self, memory):
+        self.clock = Clock()
+        self.run = Runner(self.clock)
+        self.malloc = FakeMalloc()
+        pool = HashPool(self.clock, workers=2, queue=10, run=self.run, memory=memory, malloc=self.malloc)
+        pool.start()
+        return pool
+
+    def test_arena_trims_once_a_burst_is_over_not_during_it(self):
+        pool = self.pool("arena")
+        self.assertEqual(self.malloc.options, [(-8, 1)])  # M_ARENA_MAX = 1
+        for i in range(6):
+            pool.submit(lambda: i)
+        for _ in range(5):
+            self.run.finish()
+        self.assertEqual(self.malloc.trims, 0)
+        self.run.finish()
+        self.assertEqual(self.malloc.trims, 1)
+
+    def test_mmap_fixes_the_threshold_and_never_trims(self):
+        pool = self.pool("mmap")
+        self.assertEqual(self.malloc.options, [(-3, 1024 * 1024)])  # M_MMAP_THRESHOLD
+        pool.submit(lambda: 1)
+        self.run.finish()
+        self.assertEqual(self.malloc.trims, 0)
+
+    def test_keep_leaves_malloc_alone(self):
+        pool = self.pool("keep")
+        pool.submit(lambda: 1)
+        self.run.finish()
+        self.assertEqual((self.malloc.options, self.malloc.trims), ([], 0))
+
+    def test_unknown_policy(self):
+        self.assertRaises(ValueError, HashPool, Clock(), memory="forget")
 
 
 class DaemonBurstTests(DaemonMixin, TestCase):

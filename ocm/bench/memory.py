@@ -34,7 +34,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from ocm import passwords
 from ocm.bench.joins import Joiner, JoinRefused, bounded
 from ocm.bench.spawn import Server
-from ocm.datagram import HEARTBEAT, LEAVE, chat, seal_client
+from ocm.datagram import HEARTBEAT, LEAVE, history, seal_client, send
 from ocm.tcrp import Op
 
 MIB = 1024 * 1024
@@ -103,6 +103,8 @@ class Member:
     aead: AESGCM
     host: bool = False
     counter: int = 0
+    msg_id: int = 0
+    seq: int = 0  # the room's last message number when it joined
     leave_at: float = 0.0
     silent: bool = False  # leaves by going quiet (times out) instead of LEAVE
     next_send: float = 0.0
@@ -147,7 +149,7 @@ class Bench:
             body["password"] = password
         reply = await self.joiner.request(op, room, body)
         member = Member(room, name, reply["token"].encode(), AESGCM(base64.b64decode(reply["key"])),
-                        host=reply.get("host", False))
+                        host=reply.get("host", False), seq=int(reply.get("seq", 0)))
         self.udp_port = int(reply["udp_port"])
         return member
 
@@ -295,8 +297,9 @@ async def memory(reactor: Any, options: Any, status: Callable[[str], None]) -> d
 class Churn:
     """
     Rooms and members coming and going for as long as it runs: about
-    C{target} rooms live, each with a host and up to 9 guests who join
-    staggered, chat every few seconds, and leave by LEAVE or by going silent
+    C{target} rooms live, each with a host and up to 12 guests who join over
+    the host's life, ask HISTORY for the last few messages, chat (1.1 SEND,
+    answered by ECHO) every few seconds, and leave by LEAVE or by going silent
     (and timing out); a host's going closes the room. A quarter of the rooms
     have a password, and now and then someone gives a wrong one or a taken
     name, or lists the rooms.
@@ -353,7 +356,9 @@ class Churn:
             if now >= m.next_send:
                 m.next_send = now + rng.uniform(1.0, 3.0)
                 if rng.random() < 0.7:
-                    self.bench.send(m, chat(f"{m.name} says {secrets.token_hex(rng.randint(4, 40))}"))
+                    m.msg_id += 1
+                    text = f"{m.name} says {secrets.token_hex(rng.randint(4, 40))}"
+                    self.bench.send(m, send(m.msg_id, text))
                     self.counts["messages"] += 1
                 else:
                     self.bench.send(m, HEARTBEAT)
@@ -405,6 +410,8 @@ class Churn:
         m.silent = self.rng.random() < 0.3
         m.next_send = 0.0
         self.bench.send(m, HEARTBEAT)
+        if m.seq:  # as a 1.1 client does: the last few messages before it joined
+            self.bench.send(m, history(max(1, m.seq - 4), m.seq))
         self.members.add(m)
 
 

@@ -135,12 +135,14 @@ class HashPool:
         self.malloc = malloc or Malloc()
         self.released = False
         self.trims = 0
+        self.stopped = False
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
 
     def start(self) -> None:
+        self.stopped = False
         self.released = release_memory(self.memory, self.malloc)
         if self.threadpool is not None and not self.threadpool.started:
             self.threadpool.start()
@@ -152,6 +154,7 @@ class HashPool:
 
     def stop(self) -> None:
         """Refuse what is waiting, then stop the threads (a running hash ends first)."""
+        self.stopped = True
         waiting, self._waiting = self._waiting, deque()
         for d, _fn, _args in waiting:
             d.errback(ProtocolError(Status.UNAVAILABLE, "the server is shutting down"))
@@ -169,7 +172,9 @@ class HashPool:
         with L{ProtocolError} 503 carrying C{retry_after}.
         """
         d: defer.Deferred = defer.Deferred()
-        if self.running < self.workers:
+        if self.stopped:
+            d.errback(ProtocolError(Status.UNAVAILABLE, "the server is shutting down"))
+        elif self.running < self.workers:
             self._start(d, fn, args)
         elif self.queued < self.limit:
             self._waiting.append((d, fn, args))

@@ -118,6 +118,12 @@ class BoundTests(SynchronousTestCase):
         self.pool.stop()
         self.assertEqual([r[0].value.status for r in results[2:]], [Status.UNAVAILABLE] * 2)
         self.assertEqual(self.pool.queued, 0)
+        # What was running still answers; what comes after is refused at once.
+        self.run.finish()
+        self.assertEqual(results[0], [0])
+        late = self.submit(9)
+        self.assertEqual(late[0].value.status, Status.UNAVAILABLE)
+        self.assertEqual(self.run.started, 2)
 
     def test_default_workers_one_per_cpu(self):
         self.assertEqual(HashPool(self.clock).workers, cpus())

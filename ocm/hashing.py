@@ -11,7 +11,7 @@ So here: at most C{workers} hashes run at once (one per CPU by default: more
 threads do not hash faster), at most C{queue} more wait, and past that a
 request is refused at once with 503 and C{retry_after}. And by default
 (L{release_memory}, "arena") every thread allocates from glibc's one main
-arena, and the pool trims it each time it goes idle: within a burst the
+arena, and the pool trims it once it has been idle a second: within a burst the
 buffers are reused (no page faults), after it they go back to the system.
 docs/performance.md has the figures of this and the alternatives measured.
 """
@@ -40,6 +40,9 @@ log = Logger()
 MMAP_THRESHOLD = 1024 * 1024
 _M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # from glibc's malloc.h
 DEFAULT_QUEUE = 64
+# Seconds the pool stays idle before it trims: a burst is trimmed once, after
+# it (malloc_trim walks the whole heap: about 3 ms at 100 MiB here).
+TRIM_DELAY = 1.0
 # What a hash is assumed to take until one has been timed (seconds).
 _FIRST_GUESS = 0.05
 # How the memory of a hash is given back (docs/performance.md, "Memory"):
@@ -136,6 +139,7 @@ class HashPool:
         self.released = False
         self.trims = 0
         self.stopped = False
+        self._trim_call: Any = None
 
     @property
     def queued(self) -> int:
@@ -155,6 +159,7 @@ class HashPool:
     def stop(self) -> None:
         """Refuse what is waiting, then stop the threads (a running hash ends first)."""
         self.stopped = True
+        self._cancel_trim()
         waiting, self._waiting = self._waiting, deque()
         for d, _fn, _args in waiting:
             d.errback(ProtocolError(Status.UNAVAILABLE, "the server is shutting down"))
@@ -187,7 +192,19 @@ class HashPool:
             ))
         return d
 
+    def _trim(self) -> None:
+        """Idle for a while: the buffers of the last burst go back to the system."""
+        self._trim_call = None
+        self.trims += 1
+        self.malloc.trim()
+
+    def _cancel_trim(self) -> None:
+        if self._trim_call is not None and self._trim_call.active():
+            self._trim_call.cancel()
+        self._trim_call = None
+
     def _start(self, d: defer.Deferred, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._cancel_trim()
         self.running += 1
         started = self.clock.seconds()
 
@@ -196,10 +213,8 @@ class HashPool:
             self.done += 1
             self.mean += (max(0.0, self.clock.seconds() - started) - self.mean) / 8
             self._next()
-            if not self.running and self.released and self.memory == "arena":
-                # Idle: the buffers of the burst go back to the system.
-                self.trims += 1
-                self.malloc.trim()
+            if not self.running and self.released and self.memory == "arena" and not self.stopped:
+                self._trim_call = self.clock.callLater(TRIM_DELAY, self._trim)
             return result
 
         self._run(fn, *args).addBoth(finished).chainDeferred(d)

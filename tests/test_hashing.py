@@ -227,23 +227,42 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(self.malloc.options, [(-8, 1)])  # M_ARENA_MAX = 1
         for i in range(6):
             pool.submit(lambda: i)
-        for _ in range(5):
-            self.run.finish()
+        for _ in range(6):
+            self.run.finish(0.5)
+        self.assertEqual(self.malloc.trims, 0)
+        # Idle again, but another hash comes within the second: no trim yet.
+        self.clock.advance(0.5)
+        pool.submit(lambda: 7)
+        self.clock.advance(5)
         self.assertEqual(self.malloc.trims, 0)
         self.run.finish()
+        self.clock.advance(0.9)
+        self.assertEqual(self.malloc.trims, 0)
+        self.clock.advance(0.1)
         self.assertEqual(self.malloc.trims, 1)
+        self.clock.advance(60)
+        self.assertEqual(self.malloc.trims, 1)
+
+    def test_stop_cancels_a_pending_trim(self):
+        pool = self.pool("arena")
+        pool.submit(lambda: 1)
+        self.run.finish()
+        pool.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_mmap_fixes_the_threshold_and_never_trims(self):
         pool = self.pool("mmap")
         self.assertEqual(self.malloc.options, [(-3, 1024 * 1024)])  # M_MMAP_THRESHOLD
         pool.submit(lambda: 1)
         self.run.finish()
+        self.clock.advance(10)
         self.assertEqual(self.malloc.trims, 0)
 
     def test_keep_leaves_malloc_alone(self):
         pool = self.pool("keep")
         pool.submit(lambda: 1)
         self.run.finish()
+        self.clock.advance(10)
         self.assertEqual((self.malloc.options, self.malloc.trims), ([], 0))
 
     def test_unknown_policy(self):

@@ -65,13 +65,15 @@ class Options(usage.Options):
          "Churn rooms and members for this many minutes against a spawned daemon, sampling its "
          "RSS into --out (CSV; a JSON summary beside it).", _positive(float)],
         ["sample", None, "10", "With --soak: seconds between RSS samples.", _positive(float)],
-        ["out", "o", None, "With --soak: the CSV file (default ocm-soak-<time>.csv here)."],
+        ["out", "o", None, "With --soak: the CSV file (default ocm-soak-<time>.csv here); with "
+         "--memory --tracemalloc, the snapshots' directory."],
         ["soak-rooms", None, "50", "With --soak: rooms kept open at once.", _positive(int)],
         ["soak-timeout", None, "10", "With --soak: the daemon's --timeout (silent members time out).",
          _positive(float)],
         ["tracemalloc", None, None,
-         "With --soak: trace the daemon's allocations and snapshot them every this many seconds; "
-         "prints what grew by line between half time and the end.", _positive(float)],
+         "Trace the daemon's allocations: with --soak, a snapshot every this many seconds; with "
+         "--memory, one after each round (any value); prints what grew by line from the middle "
+         "snapshot to the last.", _positive(float)],
         ["seed", None, "1", "With --soak: the churn's random seed.", int],
         ["memory-rounds", None, "4", "With --memory: rounds of 4,000 members joining and leaving.",
          _positive(int, -1)],

@@ -218,7 +218,11 @@ def _mib(n: float) -> float:
 async def memory(reactor: Any, options: Any, status: Callable[[str], None]) -> dict[str, Any]:
     """The figures of docs/performance.md's memory section, one daemon."""
     extra = list(options.get("daemon-args") or [])
-    bench = Bench(reactor, options, extra)
+    traced = None
+    if options["tracemalloc"]:
+        traced = options["out"] or f"ocm-memory-{time.strftime('%Y%m%d-%H%M%S')}-snapshots"
+        os.makedirs(traced, exist_ok=True)
+    bench = Bench(reactor, options, extra, traced=traced)
     result: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "daemon_args": extra,
                               "daemon_source": options["daemon-source"] or "this tree"}
     concurrency = options["concurrency"]
@@ -283,6 +287,9 @@ async def memory(reactor: Any, options: Any, status: Callable[[str], None]) -> d
             left = await bench.settle(3.0)
             rounds.append({"before_mib": _mib(before), "joined_mib": _mib(joined), "left_mib": _mib(left),
                            "per_member_kib": round((joined - before) / 4000 / 1024, 2)})
+            if traced:
+                os.kill(pid, signal.SIGUSR2)
+                await deferLater(reactor, 5.0, lambda: None)
         result["rounds"] = rounds
         if rounds:
             lefts = [r["left_mib"] for r in rounds]
@@ -291,6 +298,8 @@ async def memory(reactor: Any, options: Any, status: Callable[[str], None]) -> d
         result["hwm_mib"] = _mib(proc_status(pid).get("VmHWM", 0))
     finally:
         await bench.stop()
+    if traced:
+        result["tracemalloc"] = compare_snapshots(traced)
     return result
 
 
@@ -530,5 +539,8 @@ def format_memory(r: dict[str, Any]) -> str:
                      f"({n['per_member_kib']} KiB each) -> {n['left_mib']} MiB after they left")
     if r["rounds"]:
         lines.append(f"spread of the rounds' ends: {r['rounds_spread_mib']} MiB")
+    if r.get("tracemalloc"):
+        lines.append("grew by line, from the middle round's end to the last's (tracemalloc):")
+        lines += ["  " + line for line in r["tracemalloc"]]
     lines.append(f"peak RSS (VmHWM): {r['hwm_mib']} MiB, threads at the end: {r['final_threads']}")
     return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""
+What a room costs is given back when it closes, at once: nothing of a closed
+room waits for Python's cyclic collector (whose full passes are rare in a
+long-running daemon, so such garbage piled up for several rounds of members).
+Also the bench's slope and RSS helpers that docs/performance.md relies on.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ocm.bench.memory import proc_status, slope_per_hour, summarize_series
+from ocm.rooms import Member, Room, RoomService
+
+
+def alive(kind: type) -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is kind)
+
+
+class FreedAtOnceTests(SynchronousTestCase):
+    def setUp(self):
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        self.clock = Clock()
+        self.service = RoomService(self.clock, timeout=10)
+        self.rooms, self.members = alive(Room), alive(Member)
+
+    def fill(self, rooms=20, guests=4):
+        for i in range(rooms):
+            self.service.create_room(f"room{i}", "host", "10.0.0.1", None)
+            for k in range(guests):
+                self.service.join_room(f"room{i}", f"guest{k}", "10.0.0.1")
+        self.assertEqual(alive(Room) - self.rooms, rooms)
+        self.assertEqual(alive(Member) - self.members, rooms * (guests + 1))
+
+    def assert_all_gone(self):
+        self.assertEqual(self.service.rooms, {})
+        self.assertEqual(self.service.tokens, {})
+        self.assertEqual((alive(Room) - self.rooms, alive(Member) - self.members), (0, 0))
+
+    def test_closed_by_the_host_leaving(self):
+        self.fill()
+        for host in [room.host for room in self.service.rooms.values()]:
+            self.service._remove(host, timed_out=False)
+        del host
+        self.assert_all_gone()
+
+    def test_closed_by_the_host_timing_out(self):
+        self.fill()
+        self.clock.advance(11)
+        self.service.sweep()
+        self.assert_all_gone()
+
+    def test_closed_at_shutdown(self):
+        self.fill()
+        self.service.stop()
+        self.assert_all_gone()
+
+
+class SeriesTests(SynchronousTestCase):
+    def test_slope_in_mib_per_hour(self):
+        mib = 1024 * 1024
+        flat = [(t, 50 * mib) for t in range(0, 3600, 10)]
+        self.assertEqual(slope_per_hour(flat), 0.0)
+        # 1 MiB more every 10 minutes is 6 MiB an hour.
+        rising = [(t, 50 * mib + t * mib / 600) for t in range(0, 3600, 10)]
+        self.assertAlmostEqual(slope_per_hour(rising), 6.0)
+        # The second half of a series that levels off is flat.
+        levelled = [(t, min(t, 1800) * mib / 600) for t in range(0, 3601, 10)]
+        summary = summarize_series(levelled)
+        self.assertAlmostEqual(summary["second_half_slope_mib_per_hour"], 0.0)
+        self.assertGreater(summary["slope_mib_per_hour"], 1.0)
+
+    def test_rss_and_threads_of_this_process(self):
+        status = proc_status(os.getpid())
+        self.assertGreater(status["VmRSS"], 1024 * 1024)
+        self.assertGreaterEqual(status["Threads"], 1)
+        self.assertEqual(proc_status(2**22 + 12345), {})

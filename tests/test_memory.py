@@ -13,7 +13,7 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ocm.bench.memory import proc_status, slope_per_hour, summarize_series
+from ocm.bench.memory import floor_series, proc_status, slope_per_hour, summarize_series
 from ocm.rooms import Member, Room, RoomService
 
 
@@ -75,6 +75,15 @@ class SeriesTests(SynchronousTestCase):
         summary = summarize_series(levelled)
         self.assertAlmostEqual(summary["second_half_slope_mib_per_hour"], 0.0)
         self.assertGreater(summary["slope_mib_per_hour"], 1.0)
+
+    def test_floor_is_each_minutes_least(self):
+        # A hash in flight (a moment of +16 MiB) does not move the floor.
+        mib = 1024 * 1024
+        series = [(t, 50 * mib + (16 * mib if t % 70 == 0 else 0)) for t in range(0, 600, 10)]
+        floor = floor_series(series)
+        self.assertEqual(len(floor), 10)
+        self.assertEqual({v for _, v in floor}, {50 * mib})
+        self.assertEqual(summarize_series(series)["second_half_floor_slope_mib_per_hour"], 0.0)
 
     def test_rss_and_threads_of_this_process(self):
         status = proc_status(os.getpid())

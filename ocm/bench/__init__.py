@@ -77,6 +77,8 @@ class Options(usage.Options):
         ["seed", None, "1", "With --soak: the churn's random seed.", int],
         ["memory-rounds", None, "4", "With --memory: rounds of 4,000 members joining and leaving.",
          _positive(int, -1)],
+        ["series", None, None,
+         "Summarize a --soak CSV (finished or not): samples, peaks, and slopes of its second half."],
         ["daemon-source", None, None,
          "With --memory or --soak: run the daemon from this source tree (e.g. another checkout)."],
     ]
@@ -107,6 +109,8 @@ class Options(usage.Options):
                     self[long] = coerce[0](self[long])
                 except ValueError as e:
                     raise usage.UsageError(f"--{long}: {e}")
+        if self["series"]:
+            return
         if self["compare"] or self["memory"] or self["soak"]:
             self["spawn"] = True
         if self["memory"] and self["soak"]:

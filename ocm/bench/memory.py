@@ -485,12 +485,28 @@ async def soak(reactor: Any, options: Any, status: Callable[[str], None]) -> dic
     return result
 
 
+def floor_series(series: list[tuple[float, int]], window: float = 60.0) -> list[tuple[float, int]]:
+    """
+    The least RSS of each C{window} seconds: what the daemon holds between
+    password hashes (a hash in flight adds its 16 MiB for a moment, and a
+    sample that lands on one says little about what stays).
+    """
+    out: dict[int, tuple[float, int]] = {}
+    for t, v in series:
+        k = int(t // window)
+        if k not in out or v < out[k][1]:
+            out[k] = (t, v)
+    return [out[k] for k in sorted(out)]
+
+
 def summarize_series(series: list[tuple[float, int]]) -> dict[str, Any]:
-    """First, last, peak, and the slope over the whole run and its second half."""
+    """First, last, peak, and the slope over the whole run and its second
+    half, of every sample and of each minute's least."""
     if not series:
         return {}
     end = series[-1][0]
     second = [p for p in series if p[0] >= end / 2]
+    floor = floor_series(second)
     return {
         "samples": len(series),
         "first_mib": _mib(series[0][1]),
@@ -500,6 +516,9 @@ def summarize_series(series: list[tuple[float, int]]) -> dict[str, Any]:
         "second_half_max_mib": _mib(max(v for _, v in second)),
         "slope_mib_per_hour": round(slope_per_hour(series), 2),
         "second_half_slope_mib_per_hour": round(slope_per_hour(second), 2),
+        "second_half_floor_slope_mib_per_hour": round(slope_per_hour(floor), 2),
+        "second_half_floor_min_mib": _mib(min(v for _, v in floor)),
+        "second_half_floor_max_mib": _mib(max(v for _, v in floor)),
     }
 
 

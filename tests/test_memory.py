@@ -7,12 +7,17 @@ Also the bench's slope and RSS helpers that docs/performance.md relies on.
 
 from __future__ import annotations
 
+import csv
 import gc
+import json
 import os
+import sys
 
+from twisted.internet import defer, utils
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from ocm.bench.spawn import SOURCE_ROOT, child_env
 from ocm.bench.memory import floor_series, proc_status, slope_per_hour, summarize_series
 from ocm.rooms import Member, Room, RoomService
 
@@ -90,3 +95,45 @@ class SeriesTests(SynchronousTestCase):
         self.assertGreater(status["VmRSS"], 1024 * 1024)
         self.assertGreaterEqual(status["Threads"], 1)
         self.assertEqual(proc_status(2**22 + 12345), {})
+
+
+class SoakCommandTests(TestCase):
+    """ocm-bench --soak, briefly: the daemon churned, RSS sampled into a CSV."""
+
+    def bench(self, *args: str) -> defer.Deferred:
+        return utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "ocm.bench", *args], env=child_env(), path=SOURCE_ROOT,
+        )
+
+    @defer.inlineCallbacks
+    def test_a_short_soak_writes_its_series_and_summary(self):
+        out_dir = os.path.abspath(self.mktemp())
+        os.makedirs(out_dir)
+        csv_path = os.path.join(out_dir, "soak.csv")
+        out, err, code = yield self.bench(
+            "--soak", "0.07", "--sample", "1", "--soak-rooms", "3", "--no-tls", "--quiet", "--out", csv_path,
+        )
+        self.assertEqual(code, 0, err.decode())
+        summary = json.loads(out)
+        self.assertEqual(summary, json.loads(open(csv_path[:-4] + ".json").read()))
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        self.assertGreaterEqual(len(rows), 4)
+        self.assertEqual(summary["samples"], len(rows))
+        last = rows[-1]
+        self.assertGreater(int(last["rss_kib"]), 1024)
+        self.assertGreaterEqual(int(last["joins"]), 3)  # every room's host at least
+        self.assertEqual(int(last["errors"]), 0)
+        self.assertGreater(int(last["messages"]), 0)
+        self.assertGreater(int(last["events_in"]), 0)  # the daemon answered over UDP
+        self.assertIn("second_half_slope_mib_per_hour", summary)
+        # --series reads the same CSV back to the same figures.
+        out, err, code = yield self.bench("--series", csv_path)
+        self.assertEqual(code, 0, err.decode())
+        self.assertEqual(json.loads(out)["samples"], len(rows))
+
+    @defer.inlineCallbacks
+    def test_memory_and_soak_are_one_at_a_time(self):
+        out, err, code = yield self.bench("--memory", "--soak", "1")
+        self.assertEqual(code, 2)
+        self.assertIn(b"--memory and --soak", err)

@@ -85,10 +85,14 @@ class SeriesTests(SynchronousTestCase):
         # A hash in flight (a moment of +16 MiB) does not move the floor.
         mib = 1024 * 1024
         series = [(t, 50 * mib + (16 * mib if t % 70 == 0 else 0)) for t in range(0, 600, 10)]
-        floor = floor_series(series)
+        floor = floor_series(series, 60)
         self.assertEqual(len(floor), 10)
         self.assertEqual({v for _, v in floor}, {50 * mib})
-        self.assertEqual(summarize_series(series)["second_half_floor_slope_mib_per_hour"], 0.0)
+        summary = summarize_series(series)
+        self.assertEqual(summary["second_half_floor_slope_mib_per_hour"], 0.0)
+        # The two levels: the samples with a hash in flight apart.
+        self.assertEqual(summary["second_half_high_samples"], 4)
+        self.assertEqual(summary["second_half_low_slope_mib_per_hour"], 0.0)
 
     def test_rss_and_threads_of_this_process(self):
         status = proc_status(os.getpid())

@@ -485,7 +485,7 @@ async def soak(reactor: Any, options: Any, status: Callable[[str], None]) -> dic
     return result
 
 
-def floor_series(series: list[tuple[float, int]], window: float = 60.0) -> list[tuple[float, int]]:
+def floor_series(series: list[tuple[float, int]], window: float = 300.0) -> list[tuple[float, int]]:
     """
     The least RSS of each C{window} seconds: what the daemon holds between
     password hashes (a hash in flight adds its 16 MiB for a moment, and a
@@ -500,13 +500,21 @@ def floor_series(series: list[tuple[float, int]], window: float = 60.0) -> list[
 
 
 def summarize_series(series: list[tuple[float, int]]) -> dict[str, Any]:
-    """First, last, peak, and the slope over the whole run and its second
-    half, of every sample and of each minute's least."""
+    """
+    First, last, peak, and the slope over the whole run and its second half:
+    of every sample, of each five minutes' least (the floor), and of the two
+    levels the samples of a churn with passwords fall in: "low", within
+    8 MiB of the second half's least (no hash buffer held), and "high" (one
+    or two 16 MiB hash buffers held: a hash ran in the last second).
+    """
     if not series:
         return {}
     end = series[-1][0]
     second = [p for p in series if p[0] >= end / 2]
     floor = floor_series(second)
+    least = min(v for _, v in second)
+    low = [p for p in second if p[1] < least + 8 * MIB]
+    high = [p for p in second if p[1] >= least + 8 * MIB]
     return {
         "samples": len(series),
         "first_mib": _mib(series[0][1]),
@@ -519,6 +527,10 @@ def summarize_series(series: list[tuple[float, int]]) -> dict[str, Any]:
         "second_half_floor_slope_mib_per_hour": round(slope_per_hour(floor), 2),
         "second_half_floor_min_mib": _mib(min(v for _, v in floor)),
         "second_half_floor_max_mib": _mib(max(v for _, v in floor)),
+        "second_half_low_samples": len(low),
+        "second_half_low_slope_mib_per_hour": round(slope_per_hour(low), 2),
+        "second_half_high_samples": len(high),
+        "second_half_high_slope_mib_per_hour": round(slope_per_hour(high), 2),
     }
 
 

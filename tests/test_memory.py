@@ -93,6 +93,8 @@ class SeriesTests(SynchronousTestCase):
         # The two levels: the samples with a hash in flight apart.
         self.assertEqual(summary["second_half_high_samples"], 4)
         self.assertEqual(summary["second_half_low_slope_mib_per_hour"], 0.0)
+        # A last window of one sample, on a hash, is no floor.
+        self.assertEqual(floor_series(series + [(600, 66 * mib)], 60), floor)
 
     def test_rss_and_threads_of_this_process(self):
         status = proc_status(os.getpid())

@@ -492,11 +492,15 @@ def floor_series(series: list[tuple[float, int]], window: float = 300.0) -> list
     sample that lands on one says little about what stays).
     """
     out: dict[int, tuple[float, int]] = {}
+    span: dict[int, list[float]] = {}
     for t, v in series:
         k = int(t // window)
         if k not in out or v < out[k][1]:
             out[k] = (t, v)
-    return [out[k] for k in sorted(out)]
+        span.setdefault(k, [t, t])[1] = t
+    # A window cut short (the last sample alone, say) has no least to speak of.
+    keys = [k for k in sorted(out) if span[k][1] - span[k][0] >= window / 2] or sorted(out)
+    return [out[k] for k in keys]
 
 
 def summarize_series(series: list[tuple[float, int]]) -> dict[str, Any]:

@@ -390,6 +390,9 @@ class ChatSession(DatagramProtocol):
 
     def _show(self, shown: list[Shown[Event]]) -> None:
         for s in shown:
+            if self._earlier_open and not s.earlier:
+                self._earlier_open = False
+                self.listener.earlier_done()
             if s.item is None:
                 self.listener.messages_lost(s.lost)
             else:

@@ -22,7 +22,10 @@ from twisted.trial import unittest
 
 from ocm import tls
 from ocm.client.__main__ import main, parse_args
+from ocm.client import app as app_module
 from ocm.client.app import ERASE_TYPED_LINE, ChatClient, Settings
+from ocm.client.display import EARLIER_BEGIN, EARLIER_END
+from ocm.client.loss import Loss
 from ocm.client.console import Console
 from ocm.client.errors import RequestRefused
 from ocm.client.tcrp import Server, request
@@ -293,6 +296,57 @@ class ChatTests(ClientTestCase):
         await alice.shows("zed: m1\n* 3 messages lost\n[")
         await alice.shows("zed: m5\n")
         self.assertNotIn("lost", alice.out.split("zed: m5")[1])
+
+    async def test_backlog_shown_as_earlier_messages(self) -> None:
+        alice = await self.host()
+        alice.type("one", "two", "three")
+        await alice.shows("alice: three\n")
+        bob = self.client("bob", "Lobby", mode="join", backlog=2)
+        await bob.joined()
+        await bob.shows(EARLIER_END + "\n")
+        alice.type("four")
+        await bob.shows("alice: four\n")
+        shown = [re.sub(r"^\[\d\d:\d\d:\d\d\] ", "", line) for line in bob.out.splitlines()]
+        self.assertEqual(shown, [EARLIER_BEGIN, "alice: two", "alice: three", EARLIER_END, "alice: four"])
+        carol = self.client("carol", "Lobby", mode="join", backlog=0)
+        await carol.joined()
+        alice.type("five")
+        await carol.shows("alice: five\n")
+        self.assertNotIn("earlier", carol.out)
+        self.assertNotIn("four", carol.out)
+
+    async def test_script_exit_status_says_a_line_was_not_delivered(self) -> None:
+        alice = await self.host()
+        bot = self.client("bot", "Lobby", mode="join")
+        await bot.joined()
+        session = bot.client.session
+        session.outbox.give_up = 0.5  # not ten seconds, in a test
+        session.loss = Loss(1, 1.0)  # from now on, nothing gets out
+        bot.type("into the void", "and this")
+        bot.end_input()
+        self.assertEqual(await bot.exit_code(), 3)
+        self.assertIn("Not delivered (no echo from the server in 0.5 s): 'into the void'", bot.err)
+        self.assertIn("Not delivered (no echo from the server in 0.5 s): 'and this'", bot.err)
+        self.assertNotIn("into the void", alice.out + bot.out)
+
+    async def test_version_1_server_path_sends_chat(self) -> None:
+        # The client as a version 1 server would answer it: no "version".
+        async def version_1(*args: Any, **kw: Any) -> Any:
+            reply = await request(*args, **kw)
+            reply.body.pop("version")
+            return reply
+
+        alice = await self.host()
+        self.patch(app_module, "request", version_1)
+        bot = self.client("bot", "Lobby", mode="join", backlog=20)
+        bot.type("plain chat", "still plain")
+        bot.end_input()
+        self.assertEqual(await bot.exit_code(), 0, bot.err)
+        self.assertFalse(bot.client.session.reliable)
+        self.assertEqual(bot.client.session.chats_sent, 2)
+        self.assertEqual([line.split("] ", 1)[1] for line in bot.out.splitlines()],
+                         ["bot: plain chat", "bot: still plain"])  # its CHAT echoed as MESSAGE
+        await alice.shows("bot: still plain\n")
 
     async def test_terminal_escapes_from_peers_are_defused(self) -> None:
         alice = await self.host()

@@ -40,7 +40,6 @@ from ocm.client.errors import (
     UsageError,
 )
 from ocm.client.loss import Loss
-from ocm.client.reliable import GIVE_UP
 from ocm.client.session import ChatSession, Membership
 from ocm.client.tcrp import Reply, Server, list_rooms, request
 from ocm.datagram import MAX_TEXT, Event, EventKind
@@ -318,13 +317,13 @@ class ChatClient:
             self.console.write_line(EARLIER_END)
 
     def line_failed(self, text: str) -> None:
-        self.note(undelivered_line(text, GIVE_UP))
+        self.note(undelivered_line(text, self.session.outbox.give_up))
 
     def line_late(self, text: str) -> None:
         self.note(late_line(text))
 
     def server_silent(self, count: int) -> None:
-        self.note(silent_line(count, GIVE_UP))
+        self.note(silent_line(count, self.session.outbox.give_up))
 
     def server_unreachable(self) -> None:
         if self.code is None:

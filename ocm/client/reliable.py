@@ -7,7 +7,7 @@ tests drive them on a number.
 - L{RoundTrip}: the retransmission timeout from measured round trips
   (RFC 6298's estimator, Karn's rule: no sample from a retransmitted line).
 - L{Outbox}: lines sent with SEND until their ECHO comes back or they are
-  given up, at most L{SEND_WINDOW} msg_ids in flight.
+  given up, L{IN_FLIGHT} at a time (at most L{SEND_WINDOW}).
 - L{Sequencer}: messages shown once each, in seq order; the seqs that are
   missing, when to ask HISTORY for them, and when to call them lost.
 - L{TailProbe}: when to ask whether the room went on after the last message
@@ -33,8 +33,13 @@ BACKOFF_CAP = 1.0
 # A line with no ECHO this long after it first went out is not delivered.
 GIVE_UP = 10.0
 # The server remembers 64 msg_ids below its highest (PROTOCOL §2): a line
-# further behind than that would be refused, so no more are in flight.
+# further behind than that would be refused, so never more are in flight.
 SEND_WINDOW = 64
+# But the server numbers lines as they arrive, so with two in flight a lost
+# first one would be shown after the second. One at a time keeps a member's
+# lines in the order typed, at one round trip a line: below the pace of
+# SEND_RATE on any path under 100 ms.
+IN_FLIGHT = 1
 # Given-up lines remembered, so a late ECHO still shows the line.
 LATE_MEMORY = 64
 
@@ -96,7 +101,9 @@ class Outbox:
     an ECHO, L{give_ups} returns lines out of time.
     """
 
-    def __init__(self, rtt: RoundTrip, give_up: float = GIVE_UP, window: int = SEND_WINDOW) -> None:
+    def __init__(self, rtt: RoundTrip, give_up: float = GIVE_UP, window: int = IN_FLIGHT) -> None:
+        if not 1 <= window <= SEND_WINDOW:
+            raise ValueError(f"window {window} is not in 1..{SEND_WINDOW}")
         self.rtt = rtt
         self.give_up = give_up
         self.window = window

@@ -283,9 +283,34 @@ class ChatTests(ClientTestCase):
         await alice.shows("alice: after\n")
         self.assertEqual(alice.out.count("alice: "), 2)
 
+    async def test_lost_message_repaired_from_the_daemon(self) -> None:
+        alice = await self.host()
+        bob = self.client("bob", "Lobby", mode="join")
+        await bob.joined()
+        await alice.shows("* bob joined\n")
+
+        class DropNextIncoming:
+            dropped = 0
+
+            def outgoing(self) -> bool:
+                return False
+
+            def incoming(self) -> bool:
+                self.dropped += 1
+                return self.dropped == 1
+
+        bob.client.session.loss = DropNextIncoming()
+        alice.type("lost on the way")
+        await alice.shows("alice: lost on the way\n")
+        alice.type("then this")
+        await bob.shows("alice: then this\n")
+        self.assertEqual([line.split("] ", 1)[1] for line in bob.out.splitlines()],
+                         ["alice: lost on the way", "alice: then this"])
+
     async def test_gap_in_messages_shown(self) -> None:
         alice = await self.host()
         session = alice.client.session
+        session.sequencer.tries = 1  # the daemon never said these: one HISTORY, then the gap
         key = alice.client.membership.key
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 

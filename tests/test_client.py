@@ -355,6 +355,36 @@ class ChatTests(ClientTestCase):
         self.assertIn("The server has not answered for 0.5 s; 1 more line not sent.", bot.err)
         self.assertNotIn("into the void", alice.out + bot.out)
 
+    async def test_room_closing_while_lines_wait_is_a_failure(self) -> None:
+        alice = await self.host()
+        bot = self.client("bot", "Lobby", mode="join")
+        await bot.joined()
+        bot.client.session.loss = Loss(1, 1.0)  # its lines never get out
+        bot.client.session.loss.incoming = lambda: False  # but it hears the room
+        bot.type("stuck")
+        bot.end_input()
+        alice.end_input()
+        self.assertEqual(await bot.exit_code(), 1)
+        await bot.shows("* room closed: the host left\n")
+
+    async def test_a_long_pipe_is_read_as_lines_go_out(self) -> None:
+        self.patch(app_module, "QUEUE_HIGH", 30)
+        self.patch(app_module, "QUEUE_LOW", 25)
+        alice = await self.host()
+        bot = self.client("bot", "Lobby", mode="join")
+        states: list[str] = []
+        pause, resume = bot.stdio.pauseProducing, bot.stdio.resumeProducing
+        bot.stdio.pauseProducing = lambda: (states.append("paused"), pause())[1]
+        bot.stdio.resumeProducing = lambda: (states.append("resumed"), resume())[1]
+        lines = [f"log {i}" for i in range(40)]
+        bot.type(*lines)  # read before the room is joined: all said at once
+        await bot.joined()
+        await until(lambda: states == ["paused", "resumed"], f"input paused and resumed: {states}")
+        bot.end_input()
+        self.assertEqual(await bot.exit_code(), 0, bot.err)
+        await alice.shows("bot: log 39\n")
+        self.assertEqual([line.split("bot: ", 1)[1] for line in alice.out.splitlines() if "bot: " in line], lines)
+
     async def test_version_1_server_path_sends_chat(self) -> None:
         # The client as a version 1 server would answer it: no "version".
         async def version_1(*args: Any, **kw: Any) -> Any:

@@ -60,6 +60,10 @@ HELP = [
 FLUSH_TIMEOUT = 2.0
 # Chances to type a right password or a free name before giving up.
 ATTEMPTS = 3
+# A script's input is read no further while this many lines wait to be sent,
+# and again once fewer than QUEUE_LOW do: a long pipe costs bounded memory.
+QUEUE_HIGH = 1000
+QUEUE_LOW = 100
 
 
 @dataclass
@@ -110,6 +114,7 @@ class ChatClient:
         self._task: defer.Deferred[None] | None = None
         self._earlier_shown = False
         self._leaving = False
+        self._input_paused = False
 
     # -- start --------------------------------------------------------------
 
@@ -250,6 +255,14 @@ class ChatClient:
         if self.settings.erase_typed:
             self.console.write(ERASE_TYPED_LINE)
         self.session.say(text)
+        if self.session.queued >= QUEUE_HIGH and not self._input_paused:
+            self._input_paused = True
+            self.console.pause_input()
+            self.session.when_queued_below(QUEUE_LOW, self._resume_input)
+
+    def _resume_input(self) -> None:
+        self._input_paused = False
+        self.console.resume_input()
 
     def _command(self, text: str) -> None:
         word = text.split()[0].lower()

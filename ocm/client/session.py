@@ -12,7 +12,7 @@ import base64
 import binascii
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Protocol as Interface
+from typing import Any, Callable, Protocol as Interface
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet import defer
@@ -214,6 +214,7 @@ class ChatSession(DatagramProtocol):
         self._wake: Any = None
         self._settle_waiters: list[defer.Deferred[None]] = []
         self._serving = False
+        self._queue_low: tuple[int, Callable[[], None]] | None = None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -241,6 +242,7 @@ class ChatSession(DatagramProtocol):
         self._wake = None
         self._drained()
         self._settled()
+        self._check_queue()
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat.running:
@@ -278,7 +280,21 @@ class ChatSession(DatagramProtocol):
 
     @property
     def queued(self) -> int:
+        """Lines said and not sent yet."""
         return len(self.outbox.queue) if self.reliable else len(self._outbox)
+
+    def when_queued_below(self, count: int, callback: Callable[[], None]) -> None:
+        """Call C{callback} once, when fewer than C{count} lines wait (or we stop)."""
+        self._queue_low = (count, callback)
+        self._check_queue()
+
+    def _check_queue(self) -> None:
+        if self._queue_low is None:
+            return
+        count, callback = self._queue_low
+        if self.queued < count or self.left or self.closed:
+            self._queue_low = None
+            callback()
 
     def _pump(self) -> None:
         self._pump_call = None
@@ -290,6 +306,7 @@ class ChatSession(DatagramProtocol):
                 return
             self.chats_sent += 1
             self._send(chat(self._outbox.pop(0)))
+            self._check_queue()
         self._drained()
 
     def _drained(self) -> None:
@@ -372,6 +389,7 @@ class ChatSession(DatagramProtocol):
             self._send(history(top + 1, top + PROBE_SPAN))
             self.probe.fired(now)
         self._show(self.sequencer.shown())
+        self._check_queue()
         if not sending:
             return
         times = [t for t in (self.outbox.deadline(), self.sequencer.deadline(), self.probe.at) if t is not None]
@@ -481,8 +499,10 @@ class ChatSession(DatagramProtocol):
                 # What came before the room closed is shown before it closes.
                 self._show(self.sequencer.flush_all())
                 self.outbox.abandon()
-            self._membership_event(event)
+            # The listener first: it learns the room closed before anyone
+            # waiting for the lines to settle does.
             self.listener.event_received(event)
+            self._membership_event(event)
         if self.sequencer.top > top:
             self.probe.touch(now)
         self._service()

@@ -302,6 +302,10 @@ class ChatClient:
         if self.code is not None or self.session is None or self._leaving:
             return
         self._leaving = True
+        waiting = self.session.unconfirmed
+        if waiting and self.settings.interactive:
+            self.note(f"Leaving once {'your last line is' if waiting == 1 else f'your last {waiting} lines are'} "
+                      "confirmed (Ctrl-C leaves now).")
         if self.session.reliable:
             d = self.session.settled()
         elif self.session.queued or self.session.echoes < self.session.chats_sent:

@@ -260,11 +260,16 @@ class ChatSession(DatagramProtocol):
         self._send(LEAVE)
 
     @property
+    def unconfirmed(self) -> int:
+        """Lines said that are still on their way (not echoed, not given up)."""
+        if self.reliable:
+            return len(self.outbox.queue) + len(self.outbox.flight)
+        return max(0, self.chats_sent - self.echoes) + len(self._outbox)
+
+    @property
     def undelivered(self) -> int:
         """Lines said that were not confirmed delivered (so far)."""
-        if self.reliable:
-            return self.outbox.failed + len(self.outbox.queue) + len(self.outbox.flight)
-        return max(0, self.chats_sent - self.echoes) + len(self._outbox)
+        return self.unconfirmed + (self.outbox.failed if self.reliable else 0)
 
     # -- sending ------------------------------------------------------------
 

@@ -385,6 +385,15 @@ class ChatTests(ClientTestCase):
         await alice.shows("bot: log 39\n")
         self.assertEqual([line.split("bot: ", 1)[1] for line in alice.out.splitlines() if "bot: " in line], lines)
 
+    async def test_quit_waits_for_lines_on_their_way(self) -> None:
+        alice = await self.host(interactive=True, password="")
+        alice.client.session.loss = Loss(1, 1.0)
+        alice.type("unheard", "/quit")
+        await alice.shows("Leaving once your last line is confirmed (Ctrl-C leaves now).\n")
+        self.assertIsNone(alice.code)
+        alice.client.interrupt()
+        self.assertEqual(await alice.exit_code(), 3)  # left with a line unconfirmed
+
     async def test_version_1_server_path_sends_chat(self) -> None:
         # The client as a version 1 server would answer it: no "version".
         async def version_1(*args: Any, **kw: Any) -> Any:

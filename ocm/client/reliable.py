@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 # Retransmission timeouts, seconds. The floor keeps a loopback round trip of
 # a millisecond from retransmitting on scheduling noise; the backoff cap keeps
@@ -358,8 +358,6 @@ class Sequencer(Generic[T]):
         else:
             self._out.append(Shown(seq, None, earlier, count))
 
-    def __iter__(self) -> Iterator[int]:  # the seqs held back, for tests
-        return iter(sorted(self.held))
 
 
 class TailProbe:

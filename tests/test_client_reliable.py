@@ -22,7 +22,7 @@ from twisted.trial import unittest
 
 from ocm.client import reliable
 from ocm.client.reliable import GIVE_UP, HISTORY_TRIES, PROBE_SPAN, Outbox, RoundTrip, Sequencer
-from ocm.client.session import ChatSession, Membership
+from ocm.client.session import SEND_BURST, SEND_RATE, ChatSession, Membership
 from ocm.client.tcrp import Reply
 from ocm.datagram import EventKind, Kind, encode_event, open_envelope, parse_envelope, parse_message, seal_server
 from tests.simserver import DELAY, DELIVER, DROP, DUPLICATE, Network, Screen, SimServer, run_until
@@ -241,6 +241,30 @@ class ReliableSessionTests(unittest.TestCase):
         self.assertEqual({d for _, _, d in self.sent(Kind.SEND)}, {(1, "anyone?")})
         self.assertEqual(self.screen.failed, ["anyone?"])
         self.assertEqual(self.session.undelivered, 1)
+
+    def test_paced_and_one_at_a_time_with_prompt_echoes(self) -> None:
+        wakes = []
+        woken = self.session._woken
+        self.session._woken = lambda: (wakes.append(self.clock.seconds()), woken())[1]
+        echoed = set()
+
+        def echo_all() -> None:
+            for _, _, (msg_id, _) in self.sent(Kind.SEND):
+                if msg_id not in echoed:
+                    echoed.add(msg_id)
+                    self.echo(msg_id, msg_id)
+
+        for i in range(SEND_BURST + 10):
+            self.session.say(f"l{i}")
+            echo_all()
+        for _ in range(300):
+            self.clock.advance(0.01)
+            echo_all()
+        sends = self.sent(Kind.SEND)
+        self.assertEqual([d for _, _, d in sends], [(i + 1, f"l{i}") for i in range(SEND_BURST + 10)])
+        self.assertEqual(len([t for t, _, _ in sends if t == 0]), SEND_BURST)  # then the pace
+        self.assertLessEqual(sends[-1][0], 10 / SEND_RATE + 0.05)
+        self.assertLess(len(wakes), 40)  # woken when something is due, not in a loop
 
     def test_timeout_follows_the_measured_round_trip(self) -> None:
         self.session.say("one")

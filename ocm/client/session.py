@@ -398,14 +398,16 @@ class ChatSession(DatagramProtocol):
         if not sending:
             return
         times = [t for t in (self.outbox.deadline(), self.sequencer.deadline(), self.probe.at) if t is not None]
-        if self.outbox.ready(now) or any(t <= now for t in times):
-            # Held back by the pace only.
-            times.append(now + max(0.01, self._bucket.wait(now)))
+        later = [t for t in times if t > now]
+        if self.outbox.ready(now) or len(later) < len(times):
+            # Due now but held back by the pace: at least a tick, as rounding
+            # can leave a token a hair short.
+            later.append(now + max(0.01, self._bucket.wait(now)))
         if self._wake is not None and self._wake.active():
             self._wake.cancel()
         self._wake = None
-        if times:
-            self._wake = self.clock.callLater(max(0.005, min(times) - now), self._woken)
+        if later:
+            self._wake = self.clock.callLater(min(later) - now, self._woken)
 
     def _woken(self) -> None:
         self._wake = None

@@ -25,9 +25,9 @@ from ocm.client.__main__ import main, parse_args
 from ocm.client import app as app_module
 from ocm.client.app import ERASE_TYPED_LINE, ChatClient, Settings
 from ocm.client.display import EARLIER_BEGIN, EARLIER_END
-from ocm.client.loss import Loss
+from ocm.client.loss import Loss, loss_from
 from ocm.client.console import Console
-from ocm.client.errors import RequestRefused
+from ocm.client.errors import RequestRefused, UsageError
 from ocm.client.tcrp import Server, request
 from ocm.client.trust import CATrust, KnownServers, NoTLS, PinnedTrust, Trust
 from ocm.datagram import MAX_TEXT, EventKind, encode_event, seal_server
@@ -649,6 +649,23 @@ class CommandLineTests(unittest.TestCase):
         self.assertIn("--room: room name is 256 bytes long", self.usage_error(["--name", "b", "--room", "r" * 256]))
         self.assertIn("not allowed with argument", self.usage_error(["--create", "--join"], True))
         self.assertIn("--no-tls and --ca", self.usage_error(["--no-tls", "--ca", "x"], True))
+
+    def test_backlog_option(self) -> None:
+        self.assertEqual(parse_args(["--name", "b", "--room", "r"], False, {}).backlog, 20)
+        self.assertEqual(parse_args(["--backlog", "0"], True, {}).backlog, 0)
+        self.assertIn("--backlog: 501 is not between 0 and 500", self.usage_error(["--backlog", "501"], True))
+        self.assertIn("--backlog: 'many' is not a number", self.usage_error(["--backlog", "many"], True))
+
+    def test_loss_hook_setting(self) -> None:
+        self.assertIsNone(loss_from({}))
+        loss = loss_from({"OCM_TEST_LOSS": "7:0.25"})
+        drops = [loss.outgoing() for _ in range(1000)]
+        self.assertTrue(200 < sum(drops) < 300)
+        again = loss_from({"OCM_TEST_LOSS": "7:0.25"})
+        self.assertEqual([again.outgoing() for _ in range(1000)], drops)  # seeded: the same drops
+        for bad in ("7", "x:0.1", "7:1.5", "7:nan"):
+            e = self.assertRaises(UsageError, loss_from, {"OCM_TEST_LOSS": bad})
+            self.assertIn("OCM_TEST_LOSS", e.sentence)
 
     def test_defaults_and_password_variable(self) -> None:
         args = parse_args(["--name", "b", "--room", "r"], False, {"OCM_PASSWORD": "pw"})

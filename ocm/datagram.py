@@ -78,11 +78,13 @@ class Envelope(NamedTuple):
 
 class Message(NamedTuple):
     """
-    A validated inner message. C{text} is the chat text of CHAT and SEND,
-    and C{raw} the same text as it came (UTF-8, checked), which the server
-    relays without encoding it again; C{number} is SEND's msg_id, or
-    HISTORY's first seq; C{last} is HISTORY's last seq. Unused fields are
-    "", b"" and 0.
+    A validated inner message, with names, from L{read_message}. C{text}
+    is the chat text of CHAT and SEND, and C{raw} the same text as it came
+    (UTF-8, checked), which the server relays without encoding it again;
+    C{number} is SEND's msg_id, or HISTORY's first seq; C{last} is
+    HISTORY's last seq. Unused fields are "", b"" and 0. L{parse_message}
+    returns the same fields as a plain tuple: building a NamedTuple costs
+    about 0.1 us more, once per datagram on the daemon's path.
     """
 
     kind: int
@@ -144,13 +146,11 @@ def open_envelope(aead: AESGCM, envelope: Envelope) -> bytes:
 # costs about 0.35 us, and the datagram path made several per datagram.
 _CHAT, _HEARTBEAT, _LEAVE = Kind.CHAT, Kind.HEARTBEAT, Kind.LEAVE
 _HISTORY, _SEND = Kind.HISTORY, Kind.SEND
-# Message(...) built in C, as _envelope is.
-_message = functools.partial(tuple.__new__, Message)
-_HEARTBEAT_MESSAGE = _message((_HEARTBEAT, "", 0, 0, b""))
-_LEAVE_MESSAGE = _message((_LEAVE, "", 0, 0, b""))
+_HEARTBEAT_MESSAGE = (_HEARTBEAT, "", 0, 0, b"")
+_LEAVE_MESSAGE = (_LEAVE, "", 0, 0, b"")
 
 
-def parse_message(inner: bytes) -> Message:
+def parse_message(inner: bytes) -> tuple[int, str, int, int, bytes]:
     """
     Validate an inner message (PROTOCOL §2's table). Once per datagram: the
     text checks are written out in each branch rather than called.
@@ -167,7 +167,7 @@ def parse_message(inner: bytes) -> Message:
             raise DatagramError("malformed", "msg_id 0")
         raw = inner[5:]
         try:
-            return _message((_SEND, raw.decode("utf-8"), msg_id, 0, raw))
+            return _SEND, raw.decode("utf-8"), msg_id, 0, raw
         except UnicodeDecodeError:
             raise DatagramError("malformed", "SEND text is not UTF-8")
     if kind == _CHAT:
@@ -176,7 +176,7 @@ def parse_message(inner: bytes) -> Message:
             raise DatagramError("malformed", f"chat text of {size - 1} bytes")
         raw = inner[1:]
         try:
-            return _message((_CHAT, raw.decode("utf-8"), 0, 0, raw))
+            return _CHAT, raw.decode("utf-8"), 0, 0, raw
         except UnicodeDecodeError:
             raise DatagramError("malformed", "chat text is not UTF-8")
     if kind == _HEARTBEAT or kind == _LEAVE:
@@ -189,8 +189,13 @@ def parse_message(inner: bytes) -> Message:
         first, last = _range.unpack_from(inner, 1)
         if not 1 <= first <= last:
             raise DatagramError("malformed", f"HISTORY range {first}..{last}")
-        return _message((_HISTORY, "", first, last, b""))
+        return _HISTORY, "", first, last, b""
     raise DatagramError("malformed", f"unknown kind {kind}")
+
+
+def read_message(inner: bytes) -> Message:
+    """L{parse_message}, with the fields named: for tools and tests."""
+    return Message._make(parse_message(inner))
 
 
 def seal_client(

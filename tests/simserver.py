@@ -24,7 +24,7 @@ from ocm.datagram import (
     encode_event,
     open_envelope,
     parse_envelope,
-    parse_message,
+    read_message,
     seal_server,
 )
 from ocm.replay import ReplayWindow
@@ -125,7 +125,7 @@ class SimServer:
         if member is None or member.window.check(env.counter):
             return
         try:
-            message = parse_message(open_envelope(member.aead, env))
+            message = read_message(open_envelope(member.aead, env))
         except DatagramError:
             return
         member.window.accept(env.counter)

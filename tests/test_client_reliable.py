@@ -24,7 +24,7 @@ from ocm.client import reliable
 from ocm.client.reliable import GIVE_UP, HISTORY_TRIES, PROBE_SPAN, Outbox, RoundTrip, Sequencer
 from ocm.client.session import SEND_BURST, SEND_RATE, ChatSession, Membership
 from ocm.client.tcrp import Reply
-from ocm.datagram import EventKind, Kind, encode_event, open_envelope, parse_envelope, parse_message, seal_server
+from ocm.datagram import EventKind, Kind, encode_event, open_envelope, parse_envelope, read_message, seal_server
 from tests.simserver import DELAY, DELIVER, DROP, DUPLICATE, Network, Screen, SimServer, run_until
 
 
@@ -148,7 +148,7 @@ class ReliableSessionTests(unittest.TestCase):
         """(time, kind, text or msg_id/range) of what bob sent, of the given kinds."""
         out = []
         for when, data in self.udp.sent:
-            m = parse_message(open_envelope(self.aead, parse_envelope(data)))
+            m = read_message(open_envelope(self.aead, parse_envelope(data)))
             if kinds and m.kind not in kinds:
                 continue
             detail: Any = {Kind.SEND: (m.number, m.text), Kind.HISTORY: (m.number, m.last)}.get(m.kind, m.text)

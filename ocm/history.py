@@ -37,7 +37,7 @@ class History:
 
     def __init__(self, max_count: int = DEFAULT_COUNT, max_bytes: int = DEFAULT_BYTES) -> None:
         self._events: deque[bytes] = deque()
-        self.first = 1  # seq of _events[0]; the next seq to come if empty
+        self.first = 1  # seq of _events[0], or the next seq to come if empty
         self.size = 0  # bytes held, with ENTRY_OVERHEAD each
         self.max_count = max_count
         self.max_bytes = max_bytes
@@ -46,12 +46,19 @@ class History:
         return len(self._events)
 
     def add(self, seq: int, event: bytes) -> None:
-        """Keep the MESSAGE event of C{seq}; the next seq after the last."""
+        """Keep the MESSAGE event of C{seq}, the seq after the last one kept."""
         events = self._events
-        if not events:
-            self.first = seq
+        if len(events) >= self.max_count:
+            # A busy room's steady state: one in, the oldest out.
+            self.size -= len(events.popleft()) + ENTRY_OVERHEAD
+            self.first += 1
         events.append(event)
         self.size += len(event) + ENTRY_OVERHEAD
+        if self.size > self.max_bytes:
+            self._evict(seq)
+
+    def _evict(self, seq: int) -> None:
+        events = self._events
         while len(events) > self.max_count or self.size > self.max_bytes:
             self.size -= len(events.popleft()) + ENTRY_OVERHEAD
             self.first += 1

@@ -1,12 +1,29 @@
 """
-Rate limits as token buckets (issue 4): requests per address, wrong
-passwords per address and room, datagrams per member. Plain arithmetic on
-times the caller passes in, so a fake clock drives them in tests.
+Rate limits as token buckets (issues 4 and 13): requests per address, wrong
+passwords per person and per address and room, datagrams per member. Plain
+arithmetic on times the caller passes in, so a fake clock drives them in
+tests.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Hashable
+
+
+def address_key(ip: str) -> str:
+    """
+    What "one address" means to a limit: an IPv4 address, or an IPv6 /64.
+    One IPv6 host or LAN gets a whole /64, so per-address limits keyed by
+    the full address would give it 2**64 budgets.
+    """
+    if ":" not in ip:
+        return ip
+    try:
+        net = ipaddress.IPv6Network((ip.split("%", 1)[0], 64), strict=False)
+    except ValueError:
+        return ip
+    return str(net)
 
 
 class TokenBucket:
@@ -39,16 +56,25 @@ class TokenBucket:
             return True
         return False
 
-    def refund(self) -> None:
-        """Give back a token taken for something that turned out fine."""
-        self.tokens = min(self.burst, self.tokens + 1.0)
+    def charge(self, now: float) -> None:
+        """
+        Pay for something after the fact, into debt if need be: checks that
+        were in flight together all pay, and L{ready} stays false until the
+        debt is repaid, so the long-run rate holds exactly.
+        """
+        if self.rate:
+            self._refill(now)
+            self.tokens -= 1.0
 
     def ready(self, now: float) -> bool:
-        """Whether L{take} would succeed, without taking."""
-        return not self.rate or self._refill(now) >= 1.0
+        """
+        Whether a token is there, without taking it; a rounding error short
+        of one counts, so a client that waits exactly L{wait} is not early.
+        """
+        return not self.rate or self._refill(now) >= 1.0 - 1e-9
 
     def wait(self, now: float) -> float:
-        """Seconds until the next token."""
+        """Seconds until the next token (a debt included)."""
         if not self.rate:
             return 0.0
         return max(0.0, (1.0 - self._refill(now)) / self.rate)

@@ -48,6 +48,7 @@ from ocm.names import name_key
 from ocm.passwords import PasswordHash
 from ocm.replay import ReplayWindow
 from ocm.sends import NEW, STALE, SendWindow
+from ocm.sends import SLOTS as _SEND_SLOTS
 from ocm.tcrp import ProtocolError, Status
 
 Address = tuple  # (host, port) as the relay's transport gives it
@@ -64,6 +65,7 @@ TOKEN_BYTES = 16  # 128 bits, PROTOCOL §1's minimum
 _CHAT, _LEAVE, _MESSAGE = Kind.CHAT, Kind.LEAVE, EventKind.MESSAGE
 _SEND, _HISTORY, _ECHO = Kind.SEND, Kind.HISTORY, EventKind.ECHO
 _msg_id = struct.Struct(">I").pack
+_echo = struct.Struct(">BQQB").pack  # an event's head (encode_event's), for ECHO inline
 # A HISTORY request costs one token, like any datagram, and one more for
 # every HISTORY_PER_TOKEN events it is answered with (docs/security.md).
 HISTORY_PER_TOKEN = 10
@@ -320,7 +322,7 @@ class RoomService:
                 refused = window.check(envelope.counter)
                 if refused:
                     raise DatagramError(refused)
-            kind, text, number, last = parse_message(open_envelope(member.aead, envelope))
+            kind, text, number, last, raw = parse_message(open_envelope(member.aead, envelope))
             now = self.clock.seconds()
             window.accept(envelope.counter)
             # Counted only once authentic, so nobody can spend another's
@@ -331,11 +333,27 @@ class RoomService:
             if kind != _LEAVE and not member.bucket.take(now):
                 raise DatagramError("flood")
             if kind == _SEND:
-                self._say(member, text, number)
+                sends = member.sends
+                if sends is not None and number == sends.highest + 1:
+                    # The common case, the member's next message, inline:
+                    # what _say does, without its checks or frame.
+                    room = member.room
+                    room.seq += 1
+                    seq = room.seq
+                    sends.seqs[number % _SEND_SLOTS] = seq
+                    sends.highest = number
+                    self.echoes += 1
+                    name = member.name_bytes
+                    self._broadcast(
+                        room, _MESSAGE, seq, name, raw, member,
+                        _echo(_ECHO, seq, int(now * 1000), len(name)) + name + _msg_id(number),
+                    )
+                else:
+                    self._say(member, raw, number)
             elif kind == _CHAT:
                 room = member.room
                 room.seq += 1
-                self._broadcast(room, _MESSAGE, room.seq, member.name_bytes, text.encode())
+                self._broadcast(room, _MESSAGE, room.seq, member.name_bytes, raw)
             elif kind == _HISTORY:
                 self._history(member, number, last)
             elif kind == _LEAVE:
@@ -347,26 +365,27 @@ class RoomService:
             self.drops["internal"] += 1
             self.log.failure("internal error on a datagram from {address}", address=address)
 
-    def _say(self, member: Member, text: str, msg_id: int) -> None:
+    def _say(self, member: Member, text: bytes, msg_id: int) -> None:
         """SEND: relay a new msg_id once and ECHO it; ECHO a repeat again."""
         sends = member.sends
         if sends is None:
             sends = member.sends = SendWindow()
-        seq = sends.check(msg_id) if msg_id <= sends.highest else NEW
+        seq = sends.check(msg_id)
         if seq == STALE:
             raise DatagramError("stale")
+        self.echoes += 1
+        time_ms = int(self.clock.seconds() * 1000)
         if seq != NEW:
             self.duplicates += 1
-        else:
-            room = member.room
-            room.seq += 1
-            seq = room.seq
-            sends.record(msg_id, seq)
-            self._broadcast(room, _MESSAGE, seq, member.name_bytes, text.encode(), exclude=member)
-        self.echoes += 1
-        self._send_to(
-            member,
-            encode_event(_ECHO, seq, int(self.clock.seconds() * 1000), member.name_bytes, _msg_id(msg_id)),
+            self._send_to(member, encode_event(_ECHO, seq, time_ms, member.name_bytes, _msg_id(msg_id)))
+            return
+        room = member.room
+        room.seq += 1
+        seq = room.seq
+        sends.record(msg_id, seq)
+        self._broadcast(
+            room, _MESSAGE, seq, member.name_bytes, text, member,
+            encode_event(_ECHO, seq, time_ms, member.name_bytes, _msg_id(msg_id)),
         )
 
     def _history(self, member: Member, first: int, last: int) -> None:
@@ -409,13 +428,13 @@ class RoomService:
         """
         try:
             try:
-                size = len(text.encode("utf-8"))
+                raw = text.encode("utf-8")
             except UnicodeEncodeError:
                 raise DatagramError("malformed")
-            if not 1 <= size <= MAX_TEXT or not 1 <= msg_id < 2**32:
+            if not 1 <= len(raw) <= MAX_TEXT or not 1 <= msg_id < 2**32:
                 raise DatagramError("malformed")
             self._admit(member)
-            self._say(member, text, msg_id)
+            self._say(member, raw, msg_id)
         except DatagramError as e:
             self.drops[e.reason] += 1
             return False
@@ -459,20 +478,34 @@ class RoomService:
         name: bytes,
         text: bytes,
         exclude: Member | None = None,
+        echo: bytes | None = None,
     ) -> None:
+        """
+        One event to every member. C{exclude}, the member the event is from
+        or about, gets C{echo} instead if given (a SEND's ECHO, sealed in the
+        same loop), else nothing (a JOINED's newcomer).
+        """
         event = encode_event(kind, seq, int(self.clock.seconds() * 1000), name, text)
-        if kind == _MESSAGE and room.history is not None:
-            room.history.add(seq, event)
+        if kind == _MESSAGE:
+            history = room.history
+            if history is not None:
+                history.add(seq, event)
         send = self.send
         nonce = server_nonce  # seal_server, inlined: this loop runs once per delivery
         for m in room.members.values():
             address = m.address
-            if address is None or m is exclude:
+            if address is None:
                 continue
+            if m is exclude:
+                if echo is None:
+                    continue
+                payload = echo
+            else:
+                payload = event
             m.sent += 1
             n = nonce(m.sent)
             try:
-                send(n + m.aead.encrypt(n, event, None), address)
+                send(n + m.aead.encrypt(n, payload, None), address)
             except OSError as e:
                 self.drops["send"] += 1
                 self.send_failed(e, address)
@@ -480,6 +513,8 @@ class RoomService:
             for m in room.others:
                 if m is not exclude:
                     m.deliver(event)
+                elif echo is not None:
+                    m.deliver(echo)
 
     def _send_to(self, member: Member, event: bytes) -> None:
         """One event to one member, over whichever transport it has."""

@@ -14,19 +14,21 @@ from __future__ import annotations
 from array import array
 
 WINDOW = 64
-_SLOTS = WINDOW + 1
-_EMPTY = bytes(8 * _SLOTS)
+SLOTS = WINDOW + 1
+_EMPTY = bytes(8 * SLOTS)
 
 NEW = 0  # relay it
 STALE = -1  # more than WINDOW below the highest: drop
 
 
 class SendWindow:
-    __slots__ = ("highest", "_seqs")
+    # seqs is public for the datagram path, which records the common case
+    # (the next msg_id) inline: seqs[msg_id % SLOTS] = seq; highest = msg_id.
+    __slots__ = ("highest", "seqs")
 
     def __init__(self) -> None:
         self.highest = 0
-        self._seqs = array("Q", _EMPTY)
+        self.seqs = array("Q", _EMPTY)
 
     def check(self, msg_id: int) -> int:
         """The seq C{msg_id} was relayed as, or L{NEW}, or L{STALE}."""
@@ -34,19 +36,19 @@ class SendWindow:
             return NEW
         if self.highest - msg_id > WINDOW:
             return STALE
-        return self._seqs[msg_id % _SLOTS]
+        return self.seqs[msg_id % SLOTS]
 
     def record(self, msg_id: int, seq: int) -> None:
         """Remember that C{msg_id} (which L{check} called new) got C{seq}."""
-        seqs = self._seqs
+        seqs = self.seqs
         if msg_id > self.highest:
             # Slots of the msg_ids the window moves past now belong to ids
             # not yet seen: empty them.
             jump = msg_id - self.highest
-            if jump >= _SLOTS:
-                self._seqs = seqs = array("Q", _EMPTY)
+            if jump >= SLOTS:
+                self.seqs = seqs = array("Q", _EMPTY)
             else:
                 for m in range(self.highest + 1, msg_id):
-                    seqs[m % _SLOTS] = 0
+                    seqs[m % SLOTS] = 0
             self.highest = msg_id
-        seqs[msg_id % _SLOTS] = seq
+        seqs[msg_id % SLOTS] = seq

@@ -5,6 +5,7 @@ plain) and the room service. One request per connection, PROTOCOL §1.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from ocm import passwords
-from ocm.limits import Buckets
+from ocm.limits import Buckets, address_key
 from ocm.names import name_key
 from ocm.rooms import RoomService, normalize_ip
 from ocm.tcrp import (
@@ -50,11 +51,13 @@ class TCRPServerProtocol(Protocol):
         self._refusing = False
         self._rate_refusal: ProtocolError | None = None
         self.peer_ip = ""
+        self.limit_key = ""
 
     def connectionMade(self) -> None:
         f = self.factory
         self.parser = RequestParser(f.max_payload)
         self.peer_ip = normalize_ip(getattr(self.transport.getPeer(), "host", ""))
+        self.limit_key = address_key(self.peer_ip)
         # The deadline covers the TLS handshake too: it starts at accept.
         self._deadline = f.clock.callLater(f.request_timeout, self._timed_out)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -64,7 +67,7 @@ class TCRPServerProtocol(Protocol):
             except Exception:
                 pass
         try:
-            self._counted = f.admit(self.peer_ip)
+            self._counted = f.admit(self.limit_key)
         except ProtocolError as e:
             # Over a connection cap: answer at once (nothing to echo yet) and
             # free the slot; past a bound, not even an answer.
@@ -79,9 +82,13 @@ class TCRPServerProtocol(Protocol):
             return
         # The request rate is charged per connection, and refused once the
         # header arrives, so the refusal can echo the operation and room.
-        if not f.requests.take(self.peer_ip, f.clock.seconds()):
+        now = f.clock.seconds()
+        bucket = f.requests.get(self.limit_key, now) if f.requests.rate else None
+        if bucket is not None and not bucket.take(now):
+            f.limited["request_rate"] += 1
             self._rate_refusal = ProtocolError(
-                Status.TOO_MANY, "too many requests from your address; slow down"
+                Status.TOO_MANY, "too many requests from your address; slow down",
+                retry_after=bucket.wait(now),
             )
 
     def dataReceived(self, data: bytes) -> None:
@@ -116,7 +123,7 @@ class TCRPServerProtocol(Protocol):
             else:
                 room = service.room_for_join(request.room)
                 if room.password is not None:
-                    await self._check_password(request.password, room)
+                    await self._check_password(request.password, request.username, room)
                 if not self.connected:
                     return
                 member = service.join_room(request.room, request.username, self.peer_ip, expected=room)
@@ -132,30 +139,39 @@ class TCRPServerProtocol(Protocol):
         )
         self._finish()
 
-    async def _check_password(self, password: str, room: Any) -> None:
+    async def _check_password(self, password: str, username: str, room: Any) -> None:
         """
-        Verify a room password, a few guesses a minute per address and room:
-        a try is paid for up front (so parallel guesses cannot outrun the
-        limit) and refunded when right (so people behind one NAT can join).
+        Verify a room password against two budgets of wrong tries (issue 13):
+        one per person (address, room, username), so one person's typos
+        cost only that person, and a larger one per address and room, which
+        bounds a guesser who changes usernames. Only a wrong password is
+        charged, after the verdict and into debt if need be, so a right one
+        never spends anyone's budget, and guesses made in parallel all pay.
         """
         f = self.factory
         now = f.clock.seconds()
-        bucket = f.password_tries.get((self.peer_ip, name_key(room.name)), now)
-        if not bucket.take(now):
-            raise ProtocolError(
-                Status.TOO_MANY,
-                f"too many wrong passwords for room {room.name!r} from your address; "
-                f"try again in {bucket.wait(now):.0f} s",
-            )
-        try:
-            ok = bool(password) and await f.offload(passwords.verify_password, password, room.password)
-        except ProtocolError:
-            bucket.refund()  # not checked (the hashing queue was full): no try spent
-            raise
-        if ok:
-            bucket.refund()
+        room_key = name_key(room.name)
+        person = f.password_tries.get((self.limit_key, room_key, name_key(username)), now)
+        address = f.address_password_tries.get((self.limit_key, room_key), now)
+        for bucket, whom in ((person, f"as {username!r}"), (address, "from your address")):
+            if not bucket.ready(now):
+                f.limited["password"] += 1
+                wait = bucket.wait(now)
+                raise ProtocolError(
+                    Status.TOO_MANY,
+                    f"too many wrong passwords for room {room.name!r} {whom}; "
+                    f"try again in {max(1, math.ceil(wait))} s",
+                    retry_after=wait,
+                )
+        if not password:
+            # Not a guess: nothing to verify, nothing learned, nothing charged.
+            raise ProtocolError(Status.UNAUTHORIZED, f"room {room.name!r} needs a password")
+        if await f.offload(passwords.verify_password, password, room.password):
             return
-        raise ProtocolError(Status.UNAUTHORIZED, f"wrong or missing password for room {room.name!r}")
+        now = f.clock.seconds()
+        person.charge(now)
+        address.charge(now)
+        raise ProtocolError(Status.UNAUTHORIZED, f"wrong password for room {room.name!r}")
 
     def _refuse(self, error: ProtocolError) -> None:
         self._answered = True
@@ -219,11 +235,13 @@ class TCRPFactory(Factory):
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         request_timeout: float = 10.0,
         max_connections: int = 1000,
-        max_per_address: int = 20,
+        max_per_address: int = 50,
         request_rate: float = 5.0,
-        request_burst: float = 20.0,
+        request_burst: float = 50.0,
         password_rate: float = 3 / 60,
         password_burst: float = 5.0,
+        address_password_rate: float = 5 / 60,
+        address_password_burst: float = 50.0,
         offload: Offload = threads.deferToThread,
     ) -> None:
         self.service = service
@@ -234,8 +252,13 @@ class TCRPFactory(Factory):
         self.max_per_address = max_per_address
         self.offload = offload
         self.refusals: Counter[Any] = Counter()
+        # Refusals by the limit that made them: "connections", "per_address",
+        # "request_rate", "password".
+        self.limited: Counter[str] = Counter()
         self.requests = Buckets(request_rate, request_burst)
+        # Wrong passwords per (address, room, username) and per (address, room).
         self.password_tries = Buckets(password_rate, password_burst)
+        self.address_password_tries = Buckets(address_password_rate, address_password_burst)
         self.active = 0
         self.per_address: Counter[str] = Counter()
         # Connections refused for a cap but not yet closed; past
@@ -244,11 +267,22 @@ class TCRPFactory(Factory):
         self.max_refusing = 256
 
     def admit(self, ip: str) -> bool:
-        """Count a new connection in, or raise the refusal for a full cap."""
+        """
+        Count a new connection in, or raise the refusal for a full cap. A
+        request holds its connection for a fraction of a second, so a slot is
+        likely free a second later: both refusals say so with retry_after.
+        """
         if self.active >= self.max_connections:
-            raise ProtocolError(Status.UNAVAILABLE, "the server has all the connections it can take; try again soon")
+            self.limited["connections"] += 1
+            raise ProtocolError(
+                Status.UNAVAILABLE, "the server has all the connections it can take; try again soon",
+                retry_after=1,
+            )
         if self.per_address[ip] >= self.max_per_address:
-            raise ProtocolError(Status.TOO_MANY, "too many open connections from your address")
+            self.limited["per_address"] += 1
+            raise ProtocolError(
+                Status.TOO_MANY, "too many open connections from your address", retry_after=1,
+            )
         self.active += 1
         self.per_address[ip] += 1
         return True
@@ -263,3 +297,4 @@ class TCRPFactory(Factory):
         now = self.clock.seconds()
         self.requests.prune(now)
         self.password_tries.prune(now)
+        self.address_password_tries.prune(now)

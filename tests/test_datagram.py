@@ -19,6 +19,7 @@ from ocm.datagram import (
     parse_event,
     history,
     parse_message,
+    read_message,
     send,
     seal_client,
     seal_server,
@@ -82,10 +83,10 @@ class ClientDatagramTests(SynchronousTestCase):
 
     def test_send_and_history_messages(self):
         """Protocol 1.1's SEND carries a msg_id; HISTORY a seq range."""
-        self.assertEqual(tuple(parse_message(send(7, "héllo"))), (Kind.SEND, "héllo", 7, 0))
-        self.assertEqual(parse_message(send(2**32 - 1, "x")).number, 2**32 - 1)
-        self.assertEqual(tuple(parse_message(history(3, 9))), (Kind.HISTORY, "", 3, 9))
-        self.assertEqual(parse_message(history(5, 5))[2:], (5, 5))
+        self.assertEqual(tuple(parse_message(send(7, "héllo"))), (Kind.SEND, "héllo", 7, 0, "héllo".encode()))
+        self.assertEqual(read_message(send(2**32 - 1, "x")).number, 2**32 - 1)
+        self.assertEqual(tuple(parse_message(history(3, 9))), (Kind.HISTORY, "", 3, 9, b""))
+        self.assertEqual(parse_message(history(5, 5))[2:4], (5, 5))
         for bad in (
             send(0, "x"),  # msg_id starts at 1
             send(1, "x")[:5],  # no text

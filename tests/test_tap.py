@@ -24,6 +24,17 @@ class OptionsTests(TestCase):
         self.assertEqual(o["tcp-endpoint"], "tcp:9001")
         self.assertFalse(o["no-tls"])
 
+    def test_limit_defaults_fit_a_class_behind_one_address(self):
+        o = self.parse()
+        self.assertEqual(
+            (o["max-per-address"], o["request-rate"], o["request-burst"], o["password-rate"],
+             o["password-burst"], o["address-password-rate"], o["address-password-burst"]),
+            (50, 5.0, 50, 3.0, 5, 5.0, 50),
+        )
+        tcrp = makeService(self.parse("--data-dir", self.mktemp())).tcrp
+        self.assertEqual((tcrp.password_tries.rate, tcrp.password_tries.burst), (3 / 60, 5))
+        self.assertEqual((tcrp.address_password_tries.rate, tcrp.address_password_tries.burst), (5 / 60, 50))
+
     def test_port_and_interface_make_an_endpoint(self):
         self.assertEqual(self.parse("--tcp", "9101", "--interface", "127.0.0.1")["tcp-endpoint"],
                          "tcp:9101:interface=127.0.0.1")
@@ -41,6 +52,8 @@ class OptionsTests(TestCase):
             (["--request-timeout", "-1"], "--request-timeout"), (["--max-rooms", "0"], "--max-rooms"),
             (["--tls-cert", "/nonexistent", "--tls-key", "/nonexistent"], "--tls-cert"),
             (["--tls-cert", "/etc/hostname"], "--tls-key"),
+            (["--address-password-rate", "-1"], "--address-password-rate"),
+            (["--address-password-burst", "0"], "--address-password-burst"),
         ]:
             with self.assertRaises(usage.UsageError) as cm:
                 self.parse(*args)

@@ -5,9 +5,11 @@ without the datagrams, and divide the difference (docs/performance.md).
 
 One process, no reactor: ROOMS rooms of MEMBERS members joined through the
 room service's own calls, every member's address a loopback sink socket,
-then DATAGRAMS client datagrams from random members handed to the daemon's
-datagram handler (ocm's C{Relay}, or the floor's function) with real
-C{sendto}s.
+then one datagram from every member (so each has its state: an address, a
+send window, a room history that is full with --history 5), then DATAGRAMS
+client datagrams from random members handed to the daemon's datagram
+handler (ocm's C{Relay}, or the floor's function) with real C{sendto}s. A
+run with C{--datagrams 0} does all but the last step.
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         python -m ocm.bench.instructions --server ocm --kind send --datagrams 2000
@@ -29,7 +31,7 @@ from ocm.bench.floor import Floor, _SocketTransport, _WallClock
 from ocm.tcrp import Op, Request
 
 
-def build(server: str, rooms: int, members: int) -> tuple[Any, Any, list[tuple[bytes, bytes, AESGCM]]]:
+def build(server: str, rooms: int, members: int, history: int) -> tuple[Any, Any, list[tuple[bytes, bytes, AESGCM]]]:
     """The handler, the sink's address, and (room, token, aead) of every member."""
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
@@ -40,7 +42,10 @@ def build(server: str, rooms: int, members: int) -> tuple[Any, Any, list[tuple[b
         from ocm.relay import Relay
         from ocm.rooms import RoomService
 
-        service = RoomService(_WallClock(), max_rooms=rooms + 1, max_members=members + 1, member_rate=0)
+        extra = {"history": history} if history >= 0 else {}  # a version 1 tree has no history
+        service = RoomService(
+            _WallClock(), max_rooms=rooms + 1, max_members=members + 1, member_rate=0, **extra
+        )
         relay = Relay(service)
         relay.transport = _SocketTransport(floor.udp)
         relay.startProtocol()
@@ -76,17 +81,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rooms", type=int, default=500)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--datagrams", type=int, default=2000)
+    parser.add_argument("--history", type=int, default=5,
+                        help="messages a room keeps (small, so the runs see a full history; -1: a tree without)")
     args = parser.parse_args(argv)
-    handler, source, everyone = build(args.server, args.rooms, args.members)
+    handler, source, everyone = build(args.server, args.rooms, args.members, args.history)
     rng = random.Random(1)
     counters: dict[bytes, int] = {}
     text = "m" + "x" * 63
-    prepared = []
-    for i in range(args.datagrams):
-        room, token, aead = rng.choice(everyone)
+
+    def seal(member: tuple[bytes, bytes, AESGCM]) -> bytes:
+        room, token, aead = member
         counters[token] = counter = counters.get(token, 0) + 1
         inner = datagram.send(counter, text) if args.kind == "send" else datagram.chat(text)
-        prepared.append(datagram.seal_client(aead, room, token, counter, inner))
+        return datagram.seal_client(aead, room, token, counter, inner)
+
+    for member in everyone:
+        handler(seal(member), source)
+    prepared = [seal(rng.choice(everyone)) for _ in range(args.datagrams)]
     start = time.perf_counter()
     for data in prepared:
         handler(data, source)

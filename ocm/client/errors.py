@@ -8,6 +8,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# Left as asked, but not every line was confirmed delivered.
+EXIT_UNDELIVERED = 3
 
 
 class ClientError(Exception):
@@ -29,7 +31,12 @@ class UsageError(ClientError):
 class RequestRefused(ClientError):
     """The server answered a TCRP request with a status other than 200."""
 
-    def __init__(self, sentence: str, status: int, server_message: str) -> None:
+    def __init__(
+        self, sentence: str, status: int, server_message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(sentence)
         self.status = status
         self.server_message = server_message
+        # PROTOCOL 1.1: seconds after which the same request may succeed
+        # (a 429, or a momentary 503); None from a version 1 server.
+        self.retry_after = retry_after

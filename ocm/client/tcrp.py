@@ -115,7 +115,9 @@ class TCRPClientProtocol(Protocol):
             self.status = status
             if status != Status.OK:
                 message = body.get("message")
-                self._finish(Failure(self.refusal(status, message if isinstance(message, str) else "")))
+                self._finish(Failure(self.refusal(
+                    status, message if isinstance(message, str) else "", retry_after(body),
+                )))
         elif state == State.COMPLETE and self.status == Status.OK:
             self._finish(Reply(body, self.peer))
         else:
@@ -166,6 +168,16 @@ class TCRPClientProtocol(Protocol):
         return ClientError(f"{where} closed the connection without answering.")
 
 
+def retry_after(body: dict[str, Any]) -> float | None:
+    """A RESPONSE's C{retry_after} (PROTOCOL 1.1), if it is a usable number of seconds."""
+    value = body.get("retry_after")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not 0 < value < float("inf"):
+        return None
+    return float(value)
+
+
 def _ssl_detail(e: Exception) -> str:
     """The most telling part of an OpenSSL error stack."""
     try:
@@ -190,9 +202,9 @@ async def request(
         if password:
             payload["password"] = password
 
-    def refusal(status: int, message: str) -> RequestRefused:
+    def refusal(status: int, message: str, wait: float | None = None) -> RequestRefused:
         sentence = status_sentence(status, message, op, room, username, bool(password))
-        return RequestRefused(sentence, status, message)
+        return RequestRefused(sentence, status, message, wait)
 
     protocol = TCRPClientProtocol(server, encode_request(op, room, payload), refusal)
     endpoint: Any = HostnameEndpoint(reactor, server.host, server.port, timeout=server.timeout)

@@ -1,0 +1,117 @@
+"""
+Issue 13 end to end: C{twistd -n ocm} with its default limits, a teacher's
+password room, one student who mistypes it ten times, then thirty
+C{ocm-client} processes from one address (loopback) started at once, each
+piping one line in: all of them join and chat.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from tests.test_client_e2e import LIMIT, REPO, free_port
+
+CLASS = 30
+PASSWORD = "read aloud"
+
+
+class CrowdEndToEndTests(unittest.TestCase):
+    timeout = 300
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp()).resolve()
+        self.dir.mkdir(parents=True)
+        path = os.environ.get("PYTHONPATH")
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""),
+            XDG_CONFIG_HOME=str(self.dir / "config"),
+            PYTHONUNBUFFERED="1",
+        )
+        self.env.pop("OCM_PASSWORD", None)
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=self.dir, env=self.env, stdin=subprocess.PIPE,
+            stdout=open(self.dir / f"{name}.out", "wb"), stderr=open(self.dir / f"{name}.err", "wb"),
+        )
+
+        def cleanup() -> None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(LIMIT)
+            if proc.stdin:
+                proc.stdin.close()
+
+        self.addCleanup(cleanup)
+        return proc
+
+    def read(self, name: str) -> str:
+        return (self.dir / name).read_text(encoding="utf-8", errors="replace")
+
+    def wait_for(self, check, what: str, limit: float = LIMIT) -> None:
+        deadline = time.monotonic() + limit
+        while not check():
+            if time.monotonic() > deadline:
+                self.fail(f"gave up waiting for {what}")
+            time.sleep(0.05)
+
+    def client(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        return self.spawn(name, ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp),
+                                 "--name", name, "--room", "Class", *args])
+
+    def test_a_class_joins_at_once_and_chats(self) -> None:
+        self.tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+        daemon = self.spawn("daemon", [
+            "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "--logfile", str(self.dir / "daemon.log"), "ocm",
+            "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(udp),
+            "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"),
+        ])
+        log = self.dir / "daemon.log"
+        self.wait_for(lambda: log.exists() and "ocm listening" in self.read("daemon.log")
+                      or daemon.poll() is not None, "the daemon to start")
+
+        teacher = self.client("teacher", "--create", "--password", PASSWORD)
+        self.wait_for(lambda: "Created room 'Class'" in self.read("teacher.err") or teacher.poll() is not None,
+                      "the teacher to create the room")
+        for i in range(10):
+            typist = self.client("typist", "--join", "--password", f"read alout {i}")
+            typist.stdin.close()
+            if i < 5:
+                self.assertEqual(typist.wait(LIMIT), 1)
+                self.assertIn("Wrong password for room 'Class'.", self.read("typist.err"))
+        # The typist's last tries wait for their own budget; the class does not.
+        self.wait_for(lambda: "trying again" in self.read("typist.err"), "the typist to be told to wait")
+
+        students = []
+        for i in range(CLASS):
+            s = self.client(f"s{i:02d}", "--join", "--password", PASSWORD)
+            s.stdin.write(f"present: s{i:02d}\n".encode())
+            s.stdin.close()
+            students.append(s)
+        for i, s in enumerate(students):
+            name = f"s{i:02d}"
+            deadline = time.monotonic() + 120
+            while s.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(s.poll(), 0, self.read(f"{name}.err"))
+            self.assertRegex(self.read(f"{name}.out"), rf"\] {name}: present: {name}\n")
+        self.wait_for(lambda: all(f"{n}: present: {n}" in self.read("teacher.out")
+                                  for n in (f"s{i:02d}" for i in range(CLASS))),
+                      "the teacher to read every student")
+        teacher.stdin.close()
+        self.assertEqual(teacher.wait(LIMIT), 0, self.read("teacher.err"))
+        self.assertNotIn("Traceback", "".join(self.read(f"s{i:02d}.err") for i in range(CLASS)))
+        self.assertIsNone(re.search(r"(?i)password\W+read aloud", self.read("daemon.log")))
+        daemon.send_signal(signal.SIGTERM)
+        self.assertIsNotNone(daemon.wait(LIMIT))

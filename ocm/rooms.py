@@ -571,6 +571,9 @@ class RoomService:
                 hook(room)
             except Exception:
                 self.log.failure("room-closed hook failed for {room!r}", room=room.name)
+        # The host and the room point at each other: without this the pair
+        # (and the host's key and AESGCM) waits for the cyclic collector.
+        room.host = None
 
     def sweep(self) -> None:
         """Remove every member silent for C{timeout} seconds."""

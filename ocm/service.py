@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ocm.hashing import HashPool
 from ocm.relay import Relay, enlarge_buffers
 from ocm.rooms import RoomService
 from ocm.tcrp_server import TCRPFactory
@@ -45,6 +46,7 @@ class OcmService(service.Service):
         interface: str,
         reactor: Any,
         banner: list[str] | None = None,
+        hashing: HashPool | None = None,
     ) -> None:
         self.rooms = rooms
         self.tcrp = tcrp
@@ -58,6 +60,7 @@ class OcmService(service.Service):
         self.interface = interface
         self.reactor = reactor
         self.banner = banner or []
+        self.hashing = hashing
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -94,6 +97,8 @@ class OcmService(service.Service):
     def startService(self) -> None:
         self._listen()
         super().startService()
+        if self.hashing is not None:
+            self.hashing.start()
         self.rooms.start()
         self._minutely.start(60, now=False)
         tcp_host = self.tcp.getHost()
@@ -134,6 +139,8 @@ class OcmService(service.Service):
         if self._minutely.running:
             self._minutely.stop()
         self.rooms.stop()
+        if self.hashing is not None:
+            self.hashing.stop()
         waits = []
         for port in (self.tcp, self.udp, self.web_port):
             if port is not None:

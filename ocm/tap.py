@@ -15,6 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from ocm import tls
+from ocm.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
 from ocm.web import daemon as web
 from ocm.rooms import RoomService
 from ocm.service import OcmService
@@ -63,6 +64,18 @@ def _endpoint(option: str, value: str, interface: str) -> str:
     except Exception as e:
         raise usage.UsageError(f"--{option}: {value!r} is not a server endpoint string ({e})")
     return value
+
+
+def _choice(option: str, choices: tuple[str, ...]):
+    """A coercer for one of a few words, whose error names the option."""
+
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"--{option}: {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    coerce.coerceDoc = f"(one of {', '.join(choices)})"
+    return coerce
 
 
 class Options(usage.Options):
@@ -118,6 +131,16 @@ class Options(usage.Options):
          "Datagrams a second per member, on average (0: no limit); the rest are dropped.",
          _number("member-rate", float, 0)],
         ["member-burst", None, "40", "Datagrams one member may send at once.", _number("member-burst", int, 1)],
+        ["hash-workers", None, "0",
+         "Threads hashing room passwords, at most one hash each at a time (0: one per CPU).",
+         _number("hash-workers", int, 0, 256)],
+        ["hash-queue", None, str(DEFAULT_QUEUE),
+         "Password hashes that may wait for a thread; past it a request with a password "
+         "gets 503 with retry_after.", _number("hash-queue", int, 0, 100000)],
+        ["hash-memory", None, "arena",
+         "How hashing gives its memory back (glibc): arena (one arena, trimmed when the hashing "
+         "pool is idle), mmap (each 16 MiB buffer mapped per hash: slower), keep (glibc's default: "
+         "16 MiB kept per thread).", _choice("hash-memory", MEMORY_POLICIES)],
         ["history", None, "100",
          "Recent messages each room keeps for HISTORY (protocol 1.1; 0: none).",
          _number("history", int, 0, 100_000)],
@@ -188,6 +211,9 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         history=config["history"],
         history_bytes=config["history-bytes"],
     )
+    hashing = HashPool(
+        reactor, workers=config["hash-workers"], queue=config["hash-queue"], memory=config["hash-memory"]
+    )
     tcrp = TCRPFactory(
         rooms,
         reactor,
@@ -199,6 +225,7 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         request_burst=config["request-burst"],
         password_rate=config["password-rate"] / 60,
         password_burst=config["password-burst"],
+        offload=hashing.submit,
         address_password_rate=config["address-password-rate"] / 60,
         address_password_burst=config["address-password-burst"],
     )
@@ -227,7 +254,8 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
     endpoint = endpoints.serverFromString(reactor, config["tcp-endpoint"])
     service = OcmService(
-        rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner
+        rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner,
+        hashing=hashing,
     )
     if config["web"] is not None:
         service.web = web.make_listener(

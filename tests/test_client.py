@@ -22,9 +22,12 @@ from twisted.trial import unittest
 
 from ocm import tls
 from ocm.client.__main__ import main, parse_args
+from ocm.client import app as app_module
 from ocm.client.app import ERASE_TYPED_LINE, ChatClient, Settings
+from ocm.client.display import EARLIER_BEGIN, EARLIER_END
+from ocm.client.loss import Loss, loss_from
 from ocm.client.console import Console
-from ocm.client.errors import RequestRefused
+from ocm.client.errors import RequestRefused, UsageError
 from ocm.client.tcrp import Server, request
 from ocm.client.trust import CATrust, KnownServers, NoTLS, PinnedTrust, Trust
 from ocm.datagram import MAX_TEXT, EventKind, encode_event, seal_server
@@ -280,9 +283,34 @@ class ChatTests(ClientTestCase):
         await alice.shows("alice: after\n")
         self.assertEqual(alice.out.count("alice: "), 2)
 
+    async def test_lost_message_repaired_from_the_daemon(self) -> None:
+        alice = await self.host()
+        bob = self.client("bob", "Lobby", mode="join")
+        await bob.joined()
+        await alice.shows("* bob joined\n")
+
+        class DropNextIncoming:
+            dropped = 0
+
+            def outgoing(self) -> bool:
+                return False
+
+            def incoming(self) -> bool:
+                self.dropped += 1
+                return self.dropped == 1
+
+        bob.client.session.loss = DropNextIncoming()
+        alice.type("lost on the way")
+        await alice.shows("alice: lost on the way\n")
+        alice.type("then this")
+        await bob.shows("alice: then this\n")
+        self.assertEqual([line.split("] ", 1)[1] for line in bob.out.splitlines()],
+                         ["alice: lost on the way", "alice: then this"])
+
     async def test_gap_in_messages_shown(self) -> None:
         alice = await self.host()
         session = alice.client.session
+        session.sequencer.tries = 1  # the daemon never said these: one HISTORY, then the gap
         key = alice.client.membership.key
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -293,6 +321,97 @@ class ChatTests(ClientTestCase):
         await alice.shows("zed: m1\n* 3 messages lost\n[")
         await alice.shows("zed: m5\n")
         self.assertNotIn("lost", alice.out.split("zed: m5")[1])
+
+    async def test_backlog_shown_as_earlier_messages(self) -> None:
+        alice = await self.host()
+        alice.type("one", "two", "three")
+        await alice.shows("alice: three\n")
+        bob = self.client("bob", "Lobby", mode="join", backlog=2)
+        await bob.joined()
+        await bob.shows(EARLIER_END + "\n")
+        alice.type("four")
+        await bob.shows("alice: four\n")
+        shown = [re.sub(r"^\[\d\d:\d\d:\d\d\] ", "", line) for line in bob.out.splitlines()]
+        self.assertEqual(shown, [EARLIER_BEGIN, "alice: two", "alice: three", EARLIER_END, "alice: four"])
+        carol = self.client("carol", "Lobby", mode="join", backlog=0)
+        await carol.joined()
+        alice.type("five")
+        await carol.shows("alice: five\n")
+        self.assertNotIn("earlier", carol.out)
+        self.assertNotIn("four", carol.out)
+
+    async def test_script_exit_status_says_a_line_was_not_delivered(self) -> None:
+        alice = await self.host()
+        bot = self.client("bot", "Lobby", mode="join")
+        await bot.joined()
+        session = bot.client.session
+        session.outbox.give_up = 0.5  # not ten seconds, in a test
+        session.loss = Loss(1, 1.0)  # from now on, nothing gets out
+        bot.type("into the void", "and this")
+        bot.end_input()
+        self.assertEqual(await bot.exit_code(), 3)
+        self.assertIn("Not delivered (no echo from the server in 0.5 s): 'into the void'", bot.err)
+        # Nothing at all came back while it was retried: the rest is not even tried.
+        self.assertIn("The server has not answered for 0.5 s; 1 more line not sent.", bot.err)
+        self.assertNotIn("into the void", alice.out + bot.out)
+
+    async def test_room_closing_while_lines_wait_is_a_failure(self) -> None:
+        alice = await self.host()
+        bot = self.client("bot", "Lobby", mode="join")
+        await bot.joined()
+        bot.client.session.loss = Loss(1, 1.0)  # its lines never get out
+        bot.client.session.loss.incoming = lambda: False  # but it hears the room
+        bot.type("stuck")
+        bot.end_input()
+        alice.end_input()
+        self.assertEqual(await bot.exit_code(), 1)
+        await bot.shows("* room closed: the host left\n")
+
+    async def test_a_long_pipe_is_read_as_lines_go_out(self) -> None:
+        self.patch(app_module, "QUEUE_HIGH", 30)
+        self.patch(app_module, "QUEUE_LOW", 25)
+        alice = await self.host()
+        bot = self.client("bot", "Lobby", mode="join")
+        states: list[str] = []
+        pause, resume = bot.stdio.pauseProducing, bot.stdio.resumeProducing
+        bot.stdio.pauseProducing = lambda: (states.append("paused"), pause())[1]
+        bot.stdio.resumeProducing = lambda: (states.append("resumed"), resume())[1]
+        lines = [f"log {i}" for i in range(40)]
+        bot.type(*lines)  # read before the room is joined: all said at once
+        await bot.joined()
+        await until(lambda: states == ["paused", "resumed"], f"input paused and resumed: {states}")
+        bot.end_input()
+        self.assertEqual(await bot.exit_code(), 0, bot.err)
+        await alice.shows("bot: log 39\n")
+        self.assertEqual([line.split("bot: ", 1)[1] for line in alice.out.splitlines() if "bot: " in line], lines)
+
+    async def test_quit_waits_for_lines_on_their_way(self) -> None:
+        alice = await self.host(interactive=True, password="")
+        alice.client.session.loss = Loss(1, 1.0)
+        alice.type("unheard", "/quit")
+        await alice.shows("Leaving once your last line is confirmed (Ctrl-C leaves now).\n")
+        self.assertIsNone(alice.code)
+        alice.client.interrupt()
+        self.assertEqual(await alice.exit_code(), 3)  # left with a line unconfirmed
+
+    async def test_version_1_server_path_sends_chat(self) -> None:
+        # The client as a version 1 server would answer it: no "version".
+        async def version_1(*args: Any, **kw: Any) -> Any:
+            reply = await request(*args, **kw)
+            reply.body.pop("version")
+            return reply
+
+        alice = await self.host()
+        self.patch(app_module, "request", version_1)
+        bot = self.client("bot", "Lobby", mode="join", backlog=20)
+        bot.type("plain chat", "still plain")
+        bot.end_input()
+        self.assertEqual(await bot.exit_code(), 0, bot.err)
+        self.assertFalse(bot.client.session.reliable)
+        self.assertEqual(bot.client.session.chats_sent, 2)
+        self.assertEqual([line.split("] ", 1)[1] for line in bot.out.splitlines()],
+                         ["bot: plain chat", "bot: still plain"])  # its CHAT echoed as MESSAGE
+        await alice.shows("bot: still plain\n")
 
     async def test_terminal_escapes_from_peers_are_defused(self) -> None:
         alice = await self.host()
@@ -332,7 +451,8 @@ class PromptTests(ClientTestCase):
         bob.type("wrong")
         await bob.shows("Wrong password for room 'vault'.\nPassword for room 'vault': ")
         bob.type("s3cret")
-        await bob.shows("Joined room 'vault' as 'bob'. Members: alice, bob.\n")
+        # The room's name as it was created (1.1's COMPLETE says it).
+        await bob.shows("Joined room 'Vault' as 'bob'. Members: alice, bob.\n")
         await alice.shows("* bob joined\n")
 
     async def test_taken_name_asked_again(self) -> None:
@@ -540,6 +660,23 @@ class CommandLineTests(unittest.TestCase):
         self.assertIn("--room: room name is 256 bytes long", self.usage_error(["--name", "b", "--room", "r" * 256]))
         self.assertIn("not allowed with argument", self.usage_error(["--create", "--join"], True))
         self.assertIn("--no-tls and --ca", self.usage_error(["--no-tls", "--ca", "x"], True))
+
+    def test_backlog_option(self) -> None:
+        self.assertEqual(parse_args(["--name", "b", "--room", "r"], False, {}).backlog, 20)
+        self.assertEqual(parse_args(["--backlog", "0"], True, {}).backlog, 0)
+        self.assertIn("--backlog: 501 is not between 0 and 500", self.usage_error(["--backlog", "501"], True))
+        self.assertIn("--backlog: 'many' is not a number", self.usage_error(["--backlog", "many"], True))
+
+    def test_loss_hook_setting(self) -> None:
+        self.assertIsNone(loss_from({}))
+        loss = loss_from({"OCM_TEST_LOSS": "7:0.25"})
+        drops = [loss.outgoing() for _ in range(1000)]
+        self.assertTrue(200 < sum(drops) < 300)
+        again = loss_from({"OCM_TEST_LOSS": "7:0.25"})
+        self.assertEqual([again.outgoing() for _ in range(1000)], drops)  # seeded: the same drops
+        for bad in ("7", "x:0.1", "7:1.5", "7:nan"):
+            e = self.assertRaises(UsageError, loss_from, {"OCM_TEST_LOSS": bad})
+            self.assertIn("OCM_TEST_LOSS", e.sentence)
 
     def test_defaults_and_password_variable(self) -> None:
         args = parse_args(["--name", "b", "--room", "r"], False, {"OCM_PASSWORD": "pw"})

@@ -13,11 +13,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 import ocm
+from tests.daemon import run_daemon
 
 REPO = Path(ocm.__file__).resolve().parent.parent
 LIMIT = 30.0  # seconds any one wait may take
@@ -120,3 +124,115 @@ class EndToEndTests(unittest.TestCase):
         self.assertIn(f"127.0.0.1:{self.tcp} SHA256:{fingerprint}\n", known)
         daemon.send_signal(signal.SIGTERM)
         self.assertIsNotNone(daemon.wait(LIMIT))
+
+
+class _Client(ProcessProtocol):
+    """One ocm-client process: its output as it comes, its exit status."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+        self.code: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.code = reason.value.exitCode
+        self.ended.callback(self.code)
+
+    def lines(self) -> list[str]:
+        """stdout without the clock: '[12:00:01] bob: hi' -> 'bob: hi'."""
+        return [re.sub(r"^\[\d\d:\d\d:\d\d\] ", "", line)
+                for line in self.out.decode("utf-8", "replace").splitlines()]
+
+
+class LossyPathTests(unittest.TestCase):
+    """
+    The issue's Done-when: the daemon as the plugin builds it, and real
+    ocm-client processes whose datagrams a sixth of are dropped, both ways
+    (the OCM_TEST_LOSS hook, seeded): a piped script's 60 lines all reach a
+    person's client, none twice, and the script exits 0 well under a minute;
+    someone joining afterwards sees the room's recent lines as earlier ones.
+    """
+
+    timeout = 180
+    LOSS = 1 / 6
+    SEED = 11  # alice's; bob's and carol's are the next ones
+
+    def setUp(self) -> None:
+        self.svc = run_daemon(self, "--no-tls", data_dir=Path(self.mktemp()))
+        path = os.environ.get("PYTHONPATH")
+        self.env = dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""),
+                        PYTHONUNBUFFERED="1")
+        self.env.pop("OCM_PASSWORD", None)
+
+    def client(self, seed: int, *args: str) -> tuple[_Client, Any]:
+        proto = _Client()
+        env = dict(self.env, OCM_TEST_LOSS=f"{seed}:{self.LOSS}")
+        process = reactor.spawnProcess(
+            proto, sys.executable,
+            [sys.executable, "-m", "ocm.client", "127.0.0.1", "--port", str(self.svc.tcp_port),
+             "--no-tls", "--room", "lossy", *args],
+            env=env, childFDs={0: "w", 1: "r", 2: "r"},
+        )
+
+        def cleanup() -> defer.Deferred[int] | None:
+            if proto.code is None:
+                process.signalProcess("KILL")
+                return proto.ended
+            return None
+
+        self.addCleanup(cleanup)
+        return proto, process
+
+    async def until(self, check: Callable[[], bool], what: str, proto: _Client) -> None:
+        deadline = reactor.seconds() + LIMIT
+        while not check():
+            if reactor.seconds() > deadline or proto.code is not None:
+                self.fail(f"gave up waiting for {what}: {proto.err.decode(errors='replace')}")
+            await task.deferLater(reactor, 0.02, lambda: None)
+
+    def member(self, name: str) -> Any:
+        room = self.svc.rooms.rooms.get("lossy")
+        return room.members.get(name) if room else None
+
+    async def test_sixty_lines_over_a_lossy_path(self) -> None:
+        alice, alice_process = self.client(self.SEED, "--name", "alice", "--create")
+        await self.until(lambda: self.member("alice") is not None and self.member("alice").address is not None,
+                         "alice to be in the room", alice)
+
+        lines = [f"line {i:02d} of the piped log" for i in range(60)]
+        started = reactor.seconds()
+        bob, bob_process = self.client(self.SEED + 1, "--name", "bob")
+        bob_process.write("".join(line + "\n" for line in lines).encode())
+        bob_process.closeStdin()
+        code = await bob.ended
+        elapsed = reactor.seconds() - started
+        self.assertEqual(code, 0, bob.err.decode(errors="replace"))
+        self.assertLess(elapsed, 30.0)
+        self.elapsed = elapsed
+        self.assertEqual(bob.lines(), [f"bob: {line}" for line in lines])  # its own, from ECHO
+        self.assertNotIn(b"Not delivered", bob.err)
+
+        expected = [f"bob: {line}" for line in lines]
+        await self.until(lambda: expected[-1] in alice.lines(), "alice to show the last line", alice)
+        shown = [line for line in alice.lines() if line.startswith("bob: ")]
+        self.assertEqual(shown, expected)  # all 60, none twice, in order
+        self.assertNotIn("lost", alice.out.decode())
+
+        # carol joins afterwards: the last 20 lines, apart from live ones.
+        carol, carol_process = self.client(self.SEED + 2, "--name", "carol")
+        carol_process.closeStdin()
+        self.assertEqual(await carol.ended, 0, carol.err.decode(errors="replace"))
+        self.assertEqual(carol.lines(), ["--- earlier messages ---", *expected[-20:],
+                                         "--- end of earlier messages ---"])
+
+        alice_process.closeStdin()
+        self.assertEqual(await alice.ended, 0, alice.err.decode(errors="replace"))
+        for proto in (alice, bob, carol):
+            self.assertNotIn(b"Traceback", proto.err)

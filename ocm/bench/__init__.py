@@ -61,6 +61,26 @@ class Options(usage.Options):
         ["rounds", None, "3", "With --compare: rounds of floor then ocm.", _positive(int)],
         ["pin", None, None, "Pin the spawned server to this CPU and the generator to another.",
          _positive(int, -1)],
+        ["soak", None, None,
+         "Churn rooms and members for this many minutes against a spawned daemon, sampling its "
+         "RSS into --out (CSV; a JSON summary beside it).", _positive(float)],
+        ["sample", None, "10", "With --soak: seconds between RSS samples.", _positive(float)],
+        ["out", "o", None, "With --soak: the CSV file (default ocm-soak-<time>.csv here); with "
+         "--memory --tracemalloc, the snapshots' directory."],
+        ["soak-rooms", None, "50", "With --soak: rooms kept open at once.", _positive(int)],
+        ["soak-timeout", None, "10", "With --soak: the daemon's --timeout (silent members time out).",
+         _positive(float)],
+        ["tracemalloc", None, None,
+         "Trace the daemon's allocations: with --soak, a snapshot every this many seconds; with "
+         "--memory, one after each round (any value); prints what grew by line from the middle "
+         "snapshot to the last.", _positive(float)],
+        ["seed", None, "1", "With --soak: the churn's random seed.", int],
+        ["memory-rounds", None, "4", "With --memory: rounds of 4,000 members joining and leaving.",
+         _positive(int, -1)],
+        ["series", None, None,
+         "Summarize a --soak CSV (finished or not): samples, peaks, and slopes of its second half."],
+        ["daemon-source", None, None,
+         "With --memory or --soak: run the daemon from this source tree (e.g. another checkout)."],
     ]
     optFlags = [
         ["spawn", None, "Start the server (python -m twisted ocm, limits raised) on free loopback ports."],
@@ -68,8 +88,18 @@ class Options(usage.Options):
         ["twisted-floor", None, "With --compare: also run floor-twisted and ocm-plain each round."],
         ["no-tls", None, "TCRP over plain TCP (the server must be told too; --spawn does)."],
         ["json", None, "Print the figures as JSON on stdout."],
+        ["memory", None, "Measure the spawned daemon's memory: idle, a password burst, rooms, members, "
+         "rounds of members joining and leaving (docs/performance.md)."],
         ["quiet", "q", "No progress line on stderr."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["daemon-args"] = []
+
+    def opt_daemon_arg(self, value: str) -> None:
+        """With --memory or --soak: one more option for the daemon (repeat it)."""
+        self["daemon-args"].append(value)
 
     def postOptions(self) -> None:
         # usage.Options coerces what was typed, not the defaults.
@@ -79,8 +109,12 @@ class Options(usage.Options):
                     self[long] = coerce[0](self[long])
                 except ValueError as e:
                     raise usage.UsageError(f"--{long}: {e}")
-        if self["compare"]:
+        if self["series"]:
+            return
+        if self["compare"] or self["memory"] or self["soak"]:
             self["spawn"] = True
+        if self["memory"] and self["soak"]:
+            raise usage.UsageError("--memory and --soak: one at a time")
         if self["server"] not in SERVERS:
             raise usage.UsageError(f"--server: one of {', '.join(SERVERS)}")
         if self["spawn"] and (self["tcp"] or self["daemon-pid"]):

@@ -63,6 +63,20 @@ async def spawned_run(reactor: Any, load: Load, kind: str, options: Any, status:
 async def run(reactor: Any, options: Any) -> None:
     load = load_from(options)
     status = StatusLine(options["quiet"])
+    if options["series"]:
+        from ocm.bench import memory
+
+        print(json.dumps(memory.summarize_series(memory.read_series(options["series"])), indent=2))
+        return
+    if options["memory"] or options["soak"]:
+        from ocm.bench import memory
+
+        measure = memory.memory if options["memory"] else memory.soak
+        result = await measure(reactor, options, status)
+        status.done()
+        print(json.dumps(result, indent=2) if options["json"] or options["soak"]
+              else memory.format_memory(result))
+        return
     if options["compare"]:
         runs = []
         for round_ in range(options["rounds"]):

@@ -25,9 +25,11 @@ SOURCE_ROOT = str(Path(ocm.__file__).resolve().parent.parent)
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def child_env() -> dict[str, str]:
+def child_env(source: str | None = None) -> dict[str, str]:
+    """The environment for a child: this ocm first on its path (or C{source}'s)."""
     env = dict(os.environ)
-    paths = [SOURCE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    roots = [source, SOURCE_ROOT] if source else [SOURCE_ROOT]
+    paths = roots + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
 
@@ -91,7 +93,17 @@ class _Collector(protocol.ProcessProtocol):
 class Server:
     """A spawned server process: its ports, pid, and how to stop it."""
 
-    def __init__(self, reactor: Any, kind: str, host: str, tls: bool, rooms: int, members: int) -> None:
+    def __init__(
+        self, reactor: Any, kind: str, host: str, tls: bool, rooms: int, members: int,
+        extra: list[str] | None = None, source: str | None = None, traced: str | None = None,
+    ) -> None:
+        """
+        @param extra: more C{twistd ocm} options (they win over the bench's).
+        @param source: run the daemon from this source tree (its ocm first
+            on the path), e.g. another checkout for a before/after figure.
+        @param traced: run it under L{ocm.bench.traced}, snapshots to this
+            directory.
+        """
         self.reactor = reactor
         self.kind = kind
         self.host = host
@@ -107,7 +119,8 @@ class Server:
             if kind == "ocm-plain":
                 args.append("--ocm-code")
         else:
-            args = ["-m", "twisted", "--log-format", "text",
+            run = ["-m", "ocm.bench.traced", traced] if traced else ["-m", "twisted"]
+            args = [*run, "--log-format", "text",
                     "--log-file", os.path.join(self.dir, "ocm.log"), "ocm",
                     "--tcp", f"tcp:{self.tcp_port}:interface={host}:backlog=1024",
                     "--udp", str(self.udp_port), "--interface", host,
@@ -123,10 +136,11 @@ class Server:
                     args += [f"--{option}", value]
             if not self.tls:
                 args.append("--no-tls")
+            args += extra or []
         self.argv = [sys.executable, *args]
         self._proto = _Collector()
         self.process = reactor.spawnProcess(
-            self._proto, sys.executable, self.argv, env=child_env(), path=self.dir
+            self._proto, sys.executable, self.argv, env=child_env(source), path=self.dir
         )
         self.pid: int = self.process.pid
 

@@ -18,6 +18,8 @@ from ocm.client.errors import EXIT_FAILURE, EXIT_USAGE, ClientError
 from ocm.names import name_problem
 
 DEFAULT_PORT = 9001
+DEFAULT_BACKLOG = 20
+MAX_BACKLOG = 500
 
 DESCRIPTION = """\
 Chat in an ocm room from a terminal, or pipe lines into one from a script.
@@ -32,8 +34,11 @@ SHA-256 fingerprint is stored in the known-servers file) and a different
 certificate later is refused.
 password: --password is visible to other local users in the process list;
 prefer the prompt or the OCM_PASSWORD environment variable.
-exit status: 0 after leaving, 1 when the room was closed by others or on an
-error, 2 for usage errors."""
+delivery: lines are retried until the server confirms them, for about ten
+seconds each; at the end of input the client waits for that, then leaves.
+exit status: 0 after leaving with every line delivered, 3 after leaving when
+some line was not confirmed delivered, 1 when the room was closed by others
+or on an error, 2 for usage errors."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where pinned fingerprints are kept (default: %(default)s)")
     p.add_argument("--accept-new-cert", action="store_true",
                    help="accept and pin a server certificate that changed (compare it first)")
+    p.add_argument("--backlog", metavar="N", type=_backlog, default=DEFAULT_BACKLOG,
+                   help="on joining, show up to N of the room's earlier messages "
+                        "(default: %(default)s; 0 for none)")
     return p
+
+
+def _backlog(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not 0 <= count <= MAX_BACKLOG:
+        raise argparse.ArgumentTypeError(f"{count} is not between 0 and {MAX_BACKLOG}")
+    return count
 
 
 def _port(text: str) -> int:
@@ -121,6 +139,7 @@ def run(reactor: Any, args: argparse.Namespace, interactive: bool) -> int:
 
     from ocm.client.app import ChatClient, Settings
     from ocm.client.console import Console, TerminalEcho
+    from ocm.client.loss import loss_from
     from ocm.client.tcrp import Server
     from ocm.client.trust import CATrust, KnownServers, NoTLS, PinnedTrust, Trust
 
@@ -141,6 +160,7 @@ def run(reactor: Any, args: argparse.Namespace, interactive: bool) -> int:
         name=args.name, room=args.room, password=args.password, mode=args.mode,
         list_only=args.list, interactive=interactive,
         erase_typed=interactive and sys.stdout.isatty(),
+        backlog=args.backlog, loss=loss_from(os.environ),
     )
     codes: list[int] = []
 

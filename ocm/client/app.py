@@ -4,8 +4,9 @@ is at the keyboard, for what the command line left out), then run the UDP
 session and the console until the member leaves or the room goes away.
 
 The exit status says how it ended: 0 after leaving on purpose (/leave,
-/quit, end of input, Ctrl-C), 1 when the room was closed by others or
-anything failed, 2 for usage errors.
+/quit, end of input, Ctrl-C) with every line delivered, 3 after leaving on
+purpose when some line was not confirmed delivered, 1 when the room was
+closed by others or anything failed, 2 for usage errors.
 """
 
 from __future__ import annotations
@@ -18,14 +19,27 @@ from twisted.python.failure import Failure
 
 from ocm.client.console import Console, InputClosed
 from ocm.client.display import (
+    EARLIER_BEGIN,
+    EARLIER_END,
     event_line,
+    late_line,
     lost_line,
     members_line,
     quoted,
     rooms_lines,
     sanitize,
+    silent_line,
+    undelivered_line,
 )
-from ocm.client.errors import EXIT_FAILURE, EXIT_OK, ClientError, RequestRefused, UsageError
+from ocm.client.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_UNDELIVERED,
+    ClientError,
+    RequestRefused,
+    UsageError,
+)
+from ocm.client.loss import Loss
 from ocm.client.retry import retrying
 from ocm.client.session import ChatSession, Membership
 from ocm.client.tcrp import Reply, Server, list_rooms, request
@@ -47,6 +61,10 @@ HELP = [
 FLUSH_TIMEOUT = 2.0
 # Chances to type a right password or a free name before giving up.
 ATTEMPTS = 3
+# A script's input is read no further while this many lines wait to be sent,
+# and again once fewer than QUEUE_LOW do: a long pipe costs bounded memory.
+QUEUE_HIGH = 1000
+QUEUE_LOW = 100
 
 
 @dataclass
@@ -57,7 +75,9 @@ class Settings:
     mode: str | None = None  # "create", "join", or None: join if it exists
     list_only: bool = False
     interactive: bool = False
-    echo_wait: float = 2.0  # at end of input, how long to wait for our echoes
+    echo_wait: float = 2.0  # version 1: at end of input, how long to wait for our echoes
+    backlog: int = 20  # 1.1: how many of the room's messages before the join to show
+    loss: Loss | None = None  # the OCM_TEST_LOSS test hook
     # On a terminal, wipe the line just typed: the server's echo replaces it,
     # so each message shows once, stamped, and only once delivered.
     erase_typed: bool = False
@@ -93,6 +113,9 @@ class ChatClient:
         self.code: int | None = None
         self.finished: defer.Deferred[int] = defer.Deferred()
         self._task: defer.Deferred[None] | None = None
+        self._earlier_shown = False
+        self._leaving = False
+        self._input_paused = False
 
     # -- start --------------------------------------------------------------
 
@@ -197,7 +220,8 @@ class ChatClient:
 
     def _joined(self, membership: Membership, op: Op) -> None:
         self.membership = membership
-        self.session = ChatSession(membership, self, self.reactor)
+        self.session = ChatSession(membership, self, self.reactor,
+                                   backlog=self.settings.backlog, loss=self.settings.loss)
         interface = "::" if ":" in membership.server_ip else ""
         self.port = self.reactor.listenUDP(0, self.session, interface=interface)
         room, name = quoted(membership.room), quoted(membership.name)
@@ -237,6 +261,14 @@ class ChatClient:
         if self.settings.erase_typed:
             self.console.write(ERASE_TYPED_LINE)
         self.session.say(text)
+        if self.session.queued >= QUEUE_HIGH and not self._input_paused:
+            self._input_paused = True
+            self.console.pause_input()
+            self.session.when_queued_below(QUEUE_LOW, self._resume_input)
+
+    def _resume_input(self) -> None:
+        self._input_paused = False
+        self.console.resume_input()
 
     def _command(self, text: str) -> None:
         word = text.split()[0].lower()
@@ -249,7 +281,7 @@ class ChatClient:
         elif word == "/rooms":
             defer.ensureDeferred(self._show_rooms())
         elif word in ("/leave", "/quit"):
-            self.leave()
+            self._leave_when_sent()
         else:
             self.note(f"Unknown command {sanitize(word)}; /help lists the commands.")
 
@@ -263,16 +295,37 @@ class ChatClient:
             self.console.write_line(line)
 
     def _end_of_input(self) -> None:
-        if self.code is not None or self.session is None:
+        self._leave_when_sent()
+
+    def _leave_when_sent(self) -> None:
+        """
+        Leave once what was said is through: lines just sent are still on
+        their way, and leaving at once would close the room (or our port)
+        before their echoes came back. With 1.1 that is when every line was
+        echoed or given up (GIVE_UP seconds at most after it went out) and no
+        message is missing; with version 1, at most C{echo_wait} seconds.
+        """
+        if self.code is not None or self.session is None or self._leaving:
             return
-        # Lines just sent are still on their way; leaving at once would close
-        # the room (or our port) before their echoes came back.
-        d = self.session.wait_for_echoes(self.settings.echo_wait)
+        self._leaving = True
+        waiting = self.session.unconfirmed
+        if waiting and self.settings.interactive:
+            self.note(f"Leaving once {'your last line is' if waiting == 1 else f'your last {waiting} lines are'} "
+                      "confirmed (Ctrl-C leaves now).")
+        if self.session.reliable:
+            d = self.session.settled()
+        elif self.session.queued or self.session.echoes < self.session.chats_sent:
+            d = self.session.wait_for_echoes(self.settings.echo_wait)
+        else:
+            d = defer.succeed(None)
         d.addCallback(lambda _: self.leave())
 
     # -- the session's listener ---------------------------------------------
 
     def event_received(self, event: Event) -> None:
+        if event.kind == EventKind.HISTORY and not self._earlier_shown:
+            self._earlier_shown = True
+            self.console.write_line(EARLIER_BEGIN)
         line = event_line(event)
         if line is not None:
             self.console.write_line(line)
@@ -281,6 +334,19 @@ class ChatClient:
 
     def messages_lost(self, count: int) -> None:
         self.console.write_line(lost_line(count))
+
+    def earlier_done(self) -> None:
+        if self._earlier_shown:
+            self.console.write_line(EARLIER_END)
+
+    def line_failed(self, text: str) -> None:
+        self.note(undelivered_line(text, self.session.outbox.give_up))
+
+    def line_late(self, text: str) -> None:
+        self.note(late_line(text))
+
+    def server_silent(self, count: int) -> None:
+        self.note(silent_line(count, self.session.outbox.give_up))
 
     def server_unreachable(self) -> None:
         if self.code is None:
@@ -291,9 +357,12 @@ class ChatClient:
     # -- the end ------------------------------------------------------------
 
     def leave(self) -> None:
-        """Leave on purpose: LEAVE to the server, exit status 0."""
+        """Leave on purpose: LEAVE to the server, exit status 0 (3 if a line was not delivered)."""
         if self.session is not None:
             self.session.leave()
+            if self.session.undelivered:
+                self.finish(EXIT_UNDELIVERED)
+                return
         self.finish(EXIT_OK)
 
     def interrupt(self) -> None:

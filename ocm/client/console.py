@@ -104,6 +104,15 @@ class Console(Protocol):
         if self.input_closed:
             on_eof()
 
+    def pause_input(self) -> None:
+        """Stop reading standard input (lines already read still come)."""
+        if self.transport is not None and not self.input_closed:
+            self.transport.pauseProducing()
+
+    def resume_input(self) -> None:
+        if self.transport is not None and not self.input_closed:
+            self.transport.resumeProducing()
+
     # -- questions ----------------------------------------------------------
 
     def ask(self, prompt: str, secret: bool = False) -> defer.Deferred[str]:

@@ -56,7 +56,7 @@ def event_line(event: Event) -> str | None:
     """The line a server event shows as, or None for a kind we do not know."""
     name = sanitize(event.name)
     kind = event.kind
-    if kind == EventKind.MESSAGE:
+    if kind == EventKind.MESSAGE or kind == EventKind.HISTORY:
         return f"[{clock(event.time_ms)}] {name}: {sanitize(event.text)}"
     if kind == EventKind.JOINED:
         return f"* {name} joined"
@@ -71,6 +71,30 @@ def event_line(event: Event) -> str | None:
 
 def lost_line(count: int) -> str:
     return f"* {count} message{'' if count == 1 else 's'} lost"
+
+
+# Around the backlog: the room's messages from before the join.
+EARLIER_BEGIN = "--- earlier messages ---"
+EARLIER_END = "--- end of earlier messages ---"
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """A line we sent, quoted and cut short, for a note about it."""
+    text = sanitize(text)
+    return "'" + (text if len(text) <= limit else text[: limit - 1] + "\u2026") + "'"
+
+
+def undelivered_line(text: str, seconds: float) -> str:
+    return f"Not delivered (no echo from the server in {seconds:g} s): {excerpt(text)}"
+
+
+def late_line(text: str) -> str:
+    return f"Delivered after all: {excerpt(text)}"
+
+
+def silent_line(count: int, seconds: float) -> str:
+    return (f"The server has not answered for {seconds:g} s; "
+            f"{count} more line{'' if count == 1 else 's'} not sent.")
 
 
 def rooms_lines(rooms: Iterable[Any]) -> list[str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# Left as asked, but not every line was confirmed delivered.
+EXIT_UNDELIVERED = 3
 
 
 class ClientError(Exception):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from dataclasses import dataclass
-from typing import Any, Protocol as Interface
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Protocol as Interface
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet import defer
@@ -21,6 +21,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
 from ocm.client.errors import ClientError
+from ocm.client.loss import Loss
+from ocm.client.reliable import PROBE_SPAN, Outbox, RoundTrip, Sequencer, Shown, TailProbe
 from ocm.client.tcrp import Reply
 from ocm.datagram import (
     HEARTBEAT,
@@ -30,11 +32,13 @@ from ocm.datagram import (
     Event,
     EventKind,
     chat,
+    history,
     open_server,
     seal_client,
+    send,
 )
 from ocm.limits import TokenBucket
-from ocm.names import name_key
+from ocm.names import name_key, name_problem
 from ocm.replay import ReplayWindow
 
 # Chat we send is paced to half the daemon's default flood limit (20 a
@@ -56,6 +60,11 @@ class Membership:
     host: bool
     members: tuple[str, ...]
     timeout: float
+    # 1.1: SEND/ECHO and HISTORY may be used; the room's last seq at the
+    # join, and how many messages it keeps for HISTORY.
+    reliable: bool = False
+    seq: int = 0
+    history: int = 0
 
     @classmethod
     def from_reply(cls, room: str, name: str, reply: Reply) -> Membership:
@@ -83,6 +92,18 @@ class Membership:
         members = body.get("members", [name])
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise bad("members")
+        reliable = _version(body.get("version")) >= (1, 1)
+        seq = history = 0
+        if reliable:
+            seq, history = body.get("seq"), body.get("history", 0)
+            if not _count(seq):
+                raise bad("seq")
+            if not _count(history):
+                raise bad("history")
+            created = body.get("room")
+            # The room's spelling as created, if it is the room we asked for.
+            if isinstance(created, str) and not name_problem(created) and name_key(created) == name_key(room):
+                room = created
         return cls(
             room=room,
             name=name,
@@ -93,15 +114,48 @@ class Membership:
             host=body.get("host") is True,
             members=tuple(members),
             timeout=float(timeout),
+            reliable=reliable,
+            seq=seq,
+            history=history,
         )
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _version(value: object) -> tuple[int, ...]:
+    """COMPLETE's "version" as numbers; absent or unreadable is version 1."""
+    if isinstance(value, str):
+        try:
+            return tuple(int(part) for part in value.split("."))
+        except ValueError:
+            pass
+    return (1,)
 
 
 class SessionListener(Interface):
     def event_received(self, event: Event) -> None:
-        """A fresh, authentic event (replays and forgeries never get here)."""
+        """
+        A fresh, authentic event to show (replays and forgeries never get
+        here). With 1.1, MESSAGEs come in seq order, each once, our own from
+        its ECHO; the backlog's come as kind HISTORY.
+        """
 
     def messages_lost(self, count: int) -> None:
-        """MESSAGE seq jumped: C{count} messages never arrived."""
+        """C{count} messages never arrived (1.1: and could not be repaired)."""
+
+    def earlier_done(self) -> None:
+        """1.1: the backlog (messages before the join) is all shown."""
+
+    def line_failed(self, text: str) -> None:
+        """1.1: no ECHO for C{text} in time: it was not delivered."""
+
+    def line_late(self, text: str) -> None:
+        """1.1: an ECHO came for C{text} after all, after it was given up."""
+
+    def server_silent(self, count: int) -> None:
+        """1.1: nothing from the server while a line was retried; C{count} more lines dropped."""
 
     def server_unreachable(self) -> None:
         """The server's UDP port refused a datagram (ICMP port unreachable)."""
@@ -111,16 +165,25 @@ class ChatSession(DatagramProtocol):
     """
     One member's datagrams. Connected to the server's address, so the kernel
     drops datagrams from anyone else and reports an unreachable port.
+
+    Against a 1.1 server (L{Membership.reliable}) lines go out as SEND and
+    are retried until echoed (L{Outbox}), messages are shown once each in seq
+    order with gaps repaired by HISTORY (L{Sequencer}), and C{backlog} of the
+    room's messages before the join are fetched first. Against a version 1
+    server lines go out as CHAT, and a gap is shown as soon as it is seen.
     """
 
     noisy = False
 
-    def __init__(self, membership: Membership, listener: SessionListener, clock: IReactorTime) -> None:
+    def __init__(self, membership: Membership, listener: SessionListener, clock: IReactorTime,
+                 backlog: int = 0, loss: Loss | None = None) -> None:
         self.membership = membership
         self.listener = listener
         self.clock = clock
+        self.loss = loss
         self.aead = AESGCM(membership.key)
         self.room_bytes = membership.room.encode("utf-8")
+        self.my_key = name_key(membership.name)
         self.members = list(membership.members)
         self.counter = 0  # our nonce counter; the first datagram uses 1
         self.window = ReplayWindow()  # on the server's counters
@@ -138,6 +201,20 @@ class ChatSession(DatagramProtocol):
         self._drain_waiters: list[defer.Deferred[None]] = []
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = clock
+        # 1.1 only.
+        self.reliable = membership.reliable
+        now = clock.seconds()
+        self.rtt = RoundTrip()
+        self.outbox = Outbox(self.rtt)
+        count = min(max(0, backlog), membership.history, membership.seq) if self.reliable else 0
+        self.sequencer: Sequencer[Event] = Sequencer(membership.seq - count + 1, membership.seq, now, self.rtt)
+        self.probe = TailProbe(now)
+        self.last_heard = now
+        self._earlier_open = count > 0
+        self._wake: Any = None
+        self._settle_waiters: list[defer.Deferred[None]] = []
+        self._serving = False
+        self._queue_low: tuple[int, Callable[[], None]] | None = None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -149,6 +226,8 @@ class ChatSession(DatagramProtocol):
         self.transport.connect(self.membership.server_ip, self.membership.udp_port)
         # The first heartbeat, at once, registers our address with the server.
         self._heartbeat.start(self.heartbeat_interval, now=True)
+        if self.reliable:
+            self._service()  # the backlog's HISTORY
 
     def stopProtocol(self) -> None:
         self._stop_sending()
@@ -158,7 +237,12 @@ class ChatSession(DatagramProtocol):
         if self._pump_call is not None and self._pump_call.active():
             self._pump_call.cancel()
         self._pump_call = None
+        if self._wake is not None and self._wake.active():
+            self._wake.cancel()
+        self._wake = None
         self._drained()
+        self._settled()
+        self._check_queue()
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat.running:
@@ -169,20 +253,53 @@ class ChatSession(DatagramProtocol):
         if self.left or self.closed:
             return
         self.left = True
+        if self.reliable:
+            self.outbox.abandon()  # unconfirmed lines count as not delivered
+            self._show(self.sequencer.flush_all())
         self._stop_sending()
         self._send(LEAVE)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Lines said that are still on their way (not echoed, not given up)."""
+        if self.reliable:
+            return len(self.outbox.queue) + len(self.outbox.flight)
+        return max(0, self.chats_sent - self.echoes) + len(self._outbox)
+
+    @property
+    def undelivered(self) -> int:
+        """Lines said that were not confirmed delivered (so far)."""
+        return self.unconfirmed + (self.outbox.failed if self.reliable else 0)
 
     # -- sending ------------------------------------------------------------
 
     def say(self, text: str) -> None:
         """Send C{text} now, or as soon as the pace allows, in order."""
+        if self.reliable:
+            self.outbox.add(text)
+            self._service()
+            return
         self._outbox.append(text)
         if self._pump_call is None:
             self._pump()
 
     @property
     def queued(self) -> int:
-        return len(self._outbox)
+        """Lines said and not sent yet."""
+        return len(self.outbox.queue) if self.reliable else len(self._outbox)
+
+    def when_queued_below(self, count: int, callback: Callable[[], None]) -> None:
+        """Call C{callback} once, when fewer than C{count} lines wait (or we stop)."""
+        self._queue_low = (count, callback)
+        self._check_queue()
+
+    def _check_queue(self) -> None:
+        if self._queue_low is None:
+            return
+        count, callback = self._queue_low
+        if self.queued < count or self.left or self.closed:
+            self._queue_low = None
+            callback()
 
     def _pump(self) -> None:
         self._pump_call = None
@@ -194,6 +311,7 @@ class ChatSession(DatagramProtocol):
                 return
             self.chats_sent += 1
             self._send(chat(self._outbox.pop(0)))
+            self._check_queue()
         self._drained()
 
     def _drained(self) -> None:
@@ -207,6 +325,8 @@ class ChatSession(DatagramProtocol):
             return
         self.counter += 1
         self._sent_since_beat = True
+        if self.loss is not None and self.loss.outgoing():
+            return  # the test hook's lossy path
         data = seal_client(self.aead, self.room_bytes, self.membership.token, self.counter, inner)
         try:
             self.transport.write(data)
@@ -224,9 +344,113 @@ class ChatSession(DatagramProtocol):
         self._send(HEARTBEAT)
         self._sent_since_beat = False
 
+    # -- 1.1: one pass over what is due ---------------------------------------
+
+    def _service(self) -> None:
+        """
+        Give up what ran out of time, show what became showable, send what is
+        due as the pace allows (retransmissions and new lines, HISTORY
+        requests, tail probes, in turn), and wake again when something next
+        falls due.
+        """
+        if self._serving or self.transport is None:
+            return
+        self._serving = True
+        try:
+            self._serve(self.clock.seconds())
+        finally:
+            self._serving = False
+        self._settled()
+
+    def _serve(self, now: float) -> None:
+        for line in self.outbox.give_ups(now):
+            self.listener.line_failed(line.text)
+            if self.last_heard < line.first_sent:
+                # Not a datagram from the server in all that time: the path
+                # or the server is gone, and the rest would only wait as long.
+                rest = self.outbox.abandon()
+                if rest:
+                    self.listener.server_silent(len(rest))
+        sending = not self.left and not self.closed
+        while sending:
+            sent = False
+            if self._bucket.ready(now):
+                line = self.outbox.take(now)
+                if line is not None:
+                    self._bucket.take(now)
+                    self._send(send(line.msg_id, line.text))
+                    sent = True
+            if self._bucket.ready(now):
+                for first, last in self.sequencer.poll(now, 1):
+                    self._bucket.take(now)
+                    self._send(history(first, last))
+                    sent = True
+            if not sent:
+                break
+        self.sequencer.poll(now, 0)  # gives up seqs out of tries
+        if sending and self.probe.due(now) and self._bucket.ready(now):
+            self._bucket.take(now)
+            top = self.sequencer.top
+            self._send(history(top + 1, top + PROBE_SPAN))
+            self.probe.fired(now)
+        self._show(self.sequencer.shown())
+        self._check_queue()
+        if not sending:
+            return
+        times = [t for t in (self.outbox.deadline(), self.sequencer.deadline(), self.probe.at) if t is not None]
+        later = [t for t in times if t > now]
+        if self.outbox.ready(now) or len(later) < len(times):
+            # Due now but held back by the pace: at least a tick, as rounding
+            # can leave a token a hair short.
+            later.append(now + max(0.01, self._bucket.wait(now)))
+        if self._wake is not None and self._wake.active():
+            self._wake.cancel()
+        self._wake = None
+        if later:
+            self._wake = self.clock.callLater(min(later) - now, self._woken)
+
+    def _woken(self) -> None:
+        self._wake = None
+        self._service()
+
+    def _show(self, shown: list[Shown[Event]]) -> None:
+        for s in shown:
+            if self._earlier_open and not s.earlier:
+                self._earlier_open = False
+                self.listener.earlier_done()
+            if s.item is None:
+                self.listener.messages_lost(s.lost)
+            else:
+                kind = EventKind.HISTORY if s.earlier else EventKind.MESSAGE
+                self.listener.event_received(replace(s.item, kind=kind))
+        if self._earlier_open and self.sequencer.next_seq > self.sequencer.backlog_end:
+            self._earlier_open = False
+            self.listener.earlier_done()
+
+    def settled(self) -> defer.Deferred[None]:
+        """
+        1.1: fire once every line said was echoed or given up and no seq is
+        missing or held back (each bounded in time), or once we stop sending.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        self._settle_waiters.append(d)
+        self._settled()
+        return d
+
+    def _settled(self) -> None:
+        if not self._settle_waiters:
+            return
+        stopped = self.left or self.closed or self.transport is None
+        if stopped or (self.outbox.settled and self.sequencer.idle):
+            waiters, self._settle_waiters = self._settle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
     # -- receiving ----------------------------------------------------------
 
     def datagramReceived(self, data: bytes, address: Any) -> None:
+        if self.loss is not None and self.loss.incoming():
+            return  # the test hook's lossy path
         try:
             counter, event = open_server(self.aead, data)
         except DatagramError:
@@ -236,13 +460,21 @@ class ChatSession(DatagramProtocol):
             self.dropped += 1
             return
         self.window.accept(counter)
+        if self.reliable:
+            self._received(event)
+            return
         kind = event.kind
         if kind == EventKind.MESSAGE:
             self._sequence(event.seq)
-            if name_key(event.name) == name_key(self.membership.name):
+            if name_key(event.name) == self.my_key:
                 self.echoes += 1
                 self._check_echoes()
-        elif kind == EventKind.JOINED:
+        self._membership_event(event)
+        self.listener.event_received(event)
+
+    def _membership_event(self, event: Event) -> None:
+        kind = event.kind
+        if kind == EventKind.JOINED:
             if all(name_key(m) != name_key(event.name) for m in self.members):
                 self.members.append(event.name)
         elif kind in (EventKind.LEFT, EventKind.TIMED_OUT):
@@ -250,7 +482,37 @@ class ChatSession(DatagramProtocol):
         elif kind == EventKind.CLOSED:
             self.closed = True
             self._stop_sending()
-        self.listener.event_received(event)
+
+    def _received(self, event: Event) -> None:
+        """1.1: an authentic event."""
+        now = self.clock.seconds()
+        self.last_heard = now
+        kind = event.kind
+        top = self.sequencer.top
+        if kind in (EventKind.MESSAGE, EventKind.HISTORY):
+            self.sequencer.receive(event.seq, event, now)
+        elif kind == EventKind.ECHO:
+            acked = self.outbox.acknowledge(event.msg_id, now)
+            if acked is not None:
+                text, late = acked
+                if late:
+                    self.listener.line_late(text)
+                mine = Event(EventKind.MESSAGE, event.seq, event.time_ms, event.name or self.membership.name, text)
+                self.sequencer.receive(event.seq, mine, now)
+        elif kind == EventKind.EXPIRED:
+            self.sequencer.expired(event.seq)
+        else:
+            if kind == EventKind.CLOSED:
+                # What came before the room closed is shown before it closes.
+                self._show(self.sequencer.flush_all())
+                self.outbox.abandon()
+            # The listener first: it learns the room closed before anyone
+            # waiting for the lines to settle does.
+            self.listener.event_received(event)
+            self._membership_event(event)
+        if self.sequencer.top > top:
+            self.probe.touch(now)
+        self._service()
 
     def _sequence(self, seq: int) -> None:
         last = self.last_seq
@@ -262,12 +524,12 @@ class ChatSession(DatagramProtocol):
     def connectionRefused(self) -> None:
         self.listener.server_unreachable()
 
-    # -- echoes -------------------------------------------------------------
+    # -- version 1: echoes ----------------------------------------------------
 
     def wait_for_echoes(self, timeout: float) -> defer.Deferred[None]:
         """
-        Fire once all queued lines were sent and the server echoed all we
-        said, or C{timeout} seconds after the last line went out.
+        Version 1: fire once all queued lines were sent and the server echoed
+        all we said, or C{timeout} seconds after the last line went out.
         """
         done: defer.Deferred[None] = defer.Deferred()
 

@@ -136,6 +136,9 @@ class RoomService:
         self.rooms: dict[str, Room] = {}
         self.tokens: dict[bytes, Member] = {}
         self.drops: Counter[str] = Counter()
+        # Called with each Room after it closed (the cluster directory
+        # releases its name).
+        self.on_room_closed: list[Callable[[Room], None]] = []
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = clock
 
@@ -332,6 +335,8 @@ class RoomService:
         room.members.clear()
         del self.rooms[name_key(room.name)]
         self.log.info("room {room!r} closed: {reason}", room=room.name, reason=reason)
+        for hook in self.on_room_closed:
+            hook(room)
 
     def sweep(self) -> None:
         """Remove every member silent for C{timeout} seconds."""

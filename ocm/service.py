@@ -42,8 +42,11 @@ class OcmService(service.Service):
         interface: str,
         reactor: Any,
         banner: list[str] | None = None,
+        directory: Any = None,
     ) -> None:
         self.rooms = rooms
+        # Cluster mode: the room directory (ocm.cluster.directory), else None.
+        self.directory = directory
         self.tcrp = tcrp
         self.relay = Relay(rooms)
         self._minutely = LoopingCall(self.minutely)
@@ -90,6 +93,8 @@ class OcmService(service.Service):
         )
         for line in self.banner:
             self.log.info("{line}", line=line)
+        if self.directory is not None:
+            self.directory.start(self.tcp_port)
 
     def minutely(self) -> None:
         """Forget idle rate-limit state; log what was dropped, if anything."""
@@ -119,6 +124,9 @@ class OcmService(service.Service):
             self._minutely.stop()
         self.rooms.stop()
         waits = []
+        if self.directory is not None:
+            # After rooms.stop(): their names are released first.
+            waits.append(defer.ensureDeferred(self.directory.stop()))
         for port in (self.tcp, self.udp):
             if port is not None:
                 waits.append(defer.maybeDeferred(port.stopListening))

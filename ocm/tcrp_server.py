@@ -101,9 +101,12 @@ class TCRPServerProtocol(Protocol):
 
     async def _handle(self, request: Request) -> None:
         service = self.factory.service
+        # Cluster mode: the shared room directory (ocm.cluster), else None.
+        directory = self.factory.directory
         try:
             if request.op == Op.LIST_ROOMS:
-                body: dict[str, Any] = {"rooms": service.list_rooms()}
+                rooms = service.list_rooms() if directory is None else await directory.list_rooms()
+                body: dict[str, Any] = {"rooms": rooms}
             elif request.op == Op.CREATE_ROOM:
                 service.check_create(request.room)
                 hashed = None
@@ -111,9 +114,19 @@ class TCRPServerProtocol(Protocol):
                     hashed = await self.factory.offload(passwords.hash_password, request.password)
                 if not self.connected:
                     return
-                member = service.create_room(request.room, request.username, self.peer_ip, hashed)
+                make = lambda: service.create_room(request.room, request.username, self.peer_ip, hashed)
+                if directory is None:
+                    member = make()
+                else:
+                    member = await directory.create_room(
+                        request.room, hashed is not None, make, lambda: self.connected
+                    )
+                    if member is None:
+                        return
                 body = service.complete_body(member)
             else:
+                if directory is not None:
+                    await directory.route_join(request.room)
                 room = service.room_for_join(request.room)
                 if room.password is not None:
                     await self._check_password(request.password, room)
@@ -224,6 +237,7 @@ class TCRPFactory(Factory):
     ) -> None:
         self.service = service
         self.clock = clock
+        self.directory: Any = None  # an ocm.cluster.directory.Directory in cluster mode
         self.max_payload = max_payload
         self.request_timeout = request_timeout
         self.max_connections = max_connections

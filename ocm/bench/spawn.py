@@ -91,7 +91,10 @@ class _Collector(protocol.ProcessProtocol):
 class Server:
     """A spawned server process: its ports, pid, and how to stop it."""
 
-    def __init__(self, reactor: Any, kind: str, host: str, tls: bool, rooms: int, members: int) -> None:
+    def __init__(
+        self, reactor: Any, kind: str, host: str, tls: bool, rooms: int, members: int,
+        extra: list[str] | tuple[str, ...] = (),
+    ) -> None:
         self.reactor = reactor
         self.kind = kind
         self.host = host
@@ -123,6 +126,7 @@ class Server:
                     args += [f"--{option}", value]
             if not self.tls:
                 args.append("--no-tls")
+            args += list(extra)  # e.g. a cluster node's --redis
         self.argv = [sys.executable, *args]
         self._proto = _Collector()
         self.process = reactor.spawnProcess(

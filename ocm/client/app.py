@@ -27,7 +27,7 @@ from ocm.client.display import (
 )
 from ocm.client.errors import EXIT_FAILURE, EXIT_OK, ClientError, RequestRefused, UsageError
 from ocm.client.session import ChatSession, Membership
-from ocm.client.tcrp import Reply, Server, list_rooms, request
+from ocm.client.tcrp import Reply, Server, list_rooms, request_redirected
 from ocm.datagram import MAX_TEXT, Event, EventKind
 from ocm.names import name_key, name_problem
 from ocm.tcrp import Op, Status
@@ -164,7 +164,9 @@ class ChatClient:
         op = Op.CREATE_ROOM if mode == "create" else Op.JOIN_ROOM
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                reply = await request(self.reactor, self.server, op, room, name, password or "")
+                reply = await request_redirected(
+                    self.reactor, self.server, op, room, name, password or "", note=self.note
+                )
                 return reply, op, name
             except RequestRefused as e:
                 retry = s.interactive and op == Op.JOIN_ROOM and attempt < ATTEMPTS

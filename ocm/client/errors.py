@@ -29,7 +29,11 @@ class UsageError(ClientError):
 class RequestRefused(ClientError):
     """The server answered a TCRP request with a status other than 200."""
 
-    def __init__(self, sentence: str, status: int, server_message: str) -> None:
+    def __init__(
+        self, sentence: str, status: int, server_message: str, response: dict | None = None
+    ) -> None:
         super().__init__(sentence)
         self.status = status
         self.server_message = server_message
+        # The whole RESPONSE body: a 307's "tcp" and other keys.
+        self.response = response or {}

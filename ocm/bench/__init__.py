@@ -61,6 +61,10 @@ class Options(usage.Options):
         ["rounds", None, "3", "With --compare: rounds of floor then ocm.", _positive(int)],
         ["pin", None, None, "Pin the spawned server to this CPU and the generator to another.",
          _positive(int, -1)],
+        ["cluster", None, None,
+         "Start a redis-server and this many ocm nodes sharing it (--spawn implied): room i is "
+         "created on node i mod N, every guest joins through the next node (a 307 first); "
+         "daemon CPU is the nodes' and Redis's.", _positive(int)],
     ]
     optFlags = [
         ["spawn", None, "Start the server (python -m twisted ocm, limits raised) on free loopback ports."],
@@ -80,6 +84,10 @@ class Options(usage.Options):
                 except ValueError as e:
                     raise usage.UsageError(f"--{long}: {e}")
         if self["compare"]:
+            self["spawn"] = True
+        if self["cluster"] is not None:
+            if self["compare"] or self["pin"] is not None or self["server"] != "ocm":
+                raise usage.UsageError("--cluster runs ocm nodes alone: drop --compare, --pin and --server")
             self["spawn"] = True
         if self["server"] not in SERVERS:
             raise usage.UsageError(f"--server: one of {', '.join(SERVERS)}")

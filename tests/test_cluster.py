@@ -256,3 +256,27 @@ class KilledNode(ClusterTestCase):
 
     async def _gone(self, node: OcmService) -> bool:
         return "Doomed" not in await self.listed(node)
+
+    async def test_a_node_restarted_at_the_same_address_takes_over_its_names(self):
+        await self.start_redis()
+        survivor = self.node("--interface", "127.0.0.1")
+        doomed = Server(
+            reactor, "ocm", "127.0.0.1", False, 10, 10,
+            extra=["--redis", self.redis.url, "--redis-ttl", "30"],
+        )
+        self.addCleanup(doomed.stop)
+        await doomed.ready()
+        r = await self.reply(doomed.tcp_port, wire.CREATE_ROOM, "Doomed", {"username": "x"})
+        self.assertEqual(r["status"], 200, r)
+        os.kill(doomed.pid, signal.SIGKILL)
+        await doomed.stop()
+        # Restarted on its port long before its claims (30 s) expire.
+        again = run_daemon(
+            self, "--no-tls", "--redis", self.redis.url, "--tcp", f"tcp:{doomed.tcp_port}:interface=127.0.0.1",
+            "--interface", "127.0.0.1", data_dir=Path(self.mktemp()),
+        )
+        r = await self.reply(survivor, wire.JOIN_ROOM, "Doomed", {"username": "y"})
+        self.assertEqual((r["status"], r.get("tcp")), (307, self.where(again)))
+        r = await self.reply(again, wire.JOIN_ROOM, "Doomed", {"username": "y"})
+        self.assertEqual(r["status"], 404, r)  # not a redirect to itself
+        await self.create(again, "Doomed", "z")

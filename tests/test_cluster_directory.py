@@ -54,7 +54,7 @@ class MemoryStore:
         out: list[str | None] = []
         for c in claims:
             held = self._live(c.key)
-            if held is not None and held[0] != node:
+            if held is not None and held[0] != node and held[1] != tcp:
                 out.append(held[1])
             else:
                 self.claims[c.key] = (node, tcp, c, self.clock.seconds() + ttl)
@@ -241,6 +241,15 @@ class DirectoryTests(TestCase):
         self.clock.advance(TTL / 3)
         self.assertEqual(self.a.directory.orphans, {})
         self.assertEqual(self.refusal(self.b.join("lobby")).response_fields(), {"tcp": "10.0.0.1:9001"})
+
+    def test_a_restarted_node_takes_over_what_its_address_held(self):
+        self.successResultOf(self.a.create("Lobby"))
+        self.a.directory._refresher.stop()  # killed; restarted at once on the same port:
+        again = Node(self.clock, self.store, 9001)
+        self.successResultOf(again.join("Lobby"))  # not redirected to itself (the service says 404)
+        self.assertEqual(self.successResultOf(again.list()), [])
+        self.successResultOf(again.create("LOBBY"))
+        self.assertEqual(self.store.claims["lobby"][0], again.directory.node)
 
     def test_stop_releases_every_room_and_closes_the_store(self):
         self.successResultOf(self.a.create("One"))

@@ -132,7 +132,7 @@ class Directory:
             raise self._unavailable("listing the rooms of every node")
         rooms = [
             {"name": r.name, "members": r.members, "password": r.password, "tcp": r.tcp}
-            for r in listed if r.node != self.node
+            for r in listed if r.node != self.node and r.tcp != self.tcp
         ]
         for key, room in self.service.rooms.items():
             if key not in self.orphans:
@@ -183,7 +183,9 @@ class Directory:
             holder = await self.store.owner(key)
         except DirectoryUnavailable:
             raise self._unavailable(f"room {room!r} cannot be looked up and")
-        if holder is None or holder[0] == self.node:
+        if holder is None or holder[0] == self.node or holder[1] == self.tcp:
+            # Nowhere, or a claim left by the process that had this address
+            # before this one: the service answers (404, unless it is here).
             return
         _, tcp, name = holder
         raise ProtocolError(Status.REDIRECT, f"room {name!r} is on node {tcp}", extra={"tcp": tcp})

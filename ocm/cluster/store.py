@@ -47,8 +47,11 @@ local out = {}
 for i = 1, #KEYS - 1 do
   local a = 3 + (i - 1) * 4
   local owner = redis.call('HGET', KEYS[i], 'node')
-  if owner and owner ~= node then
-    out[i] = redis.call('HGET', KEYS[i], 'tcp') or '?'
+  local holder = redis.call('HGET', KEYS[i], 'tcp')
+  -- Another node's claim stands, unless it is this address's: that is the
+  -- claim of a process that had this node's port before, now dead.
+  if owner and owner ~= node and holder ~= tcp then
+    out[i] = holder or '?'
   else
     redis.call('HSET', KEYS[i], 'node', node, 'tcp', tcp, 'name', ARGV[a + 2],
                'password', ARGV[a + 3], 'members', ARGV[a + 4])

@@ -211,7 +211,7 @@ class DirectoryTests(TestCase):
         self.successResultOf(self.a.create("Lobby"))
         self.store.down = True
         for d, what in ((self.b.create("New"), "created"), (self.b.join("Lobby"), "looked up"),
-                        (self.b.list(), "listing")):
+                        (self.b.list(), "listed")):
             e = self.refusal(d)
             self.assertEqual(e.status, Status.UNAVAILABLE)
             self.assertIn(what, e.message)

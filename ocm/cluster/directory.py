@@ -95,7 +95,8 @@ class Directory:
             "cluster node {node} at {tcp}: room names held in the directory for {ttl:g} s, "
             "refreshed every {every:g} s", node=self.node, tcp=tcp, ttl=self.ttl, every=self.ttl / 3,
         )
-        self._refresher.start(self.ttl / 3, now=True)
+        # Not now: the connection to Redis is still being made.
+        self._refresher.start(self.ttl / 3, now=False)
 
     async def stop(self) -> None:
         """Release what can be released now (the rooms closed before this), then disconnect."""
@@ -119,7 +120,7 @@ class Directory:
     def _unavailable(self, what: str) -> ProtocolError:
         return ProtocolError(
             Status.UNAVAILABLE,
-            f"the cluster's room directory is unreachable, so {what} cannot be done now; "
+            f"the cluster's room directory is unreachable, so {what} now; "
             "rooms already joined go on",
             retry_after=self.retry_after,
         )
@@ -129,7 +130,7 @@ class Directory:
         try:
             listed = await self.store.list()
         except DirectoryUnavailable:
-            raise self._unavailable("listing the rooms of every node")
+            raise self._unavailable("the rooms of every node cannot be listed")
         rooms = [
             {"name": r.name, "members": r.members, "password": r.password, "tcp": r.tcp}
             for r in listed if r.node != self.node and r.tcp != self.tcp
@@ -158,7 +159,7 @@ class Directory:
             [holder] = await self.store.assert_claims(self.node, self.tcp, [claim], self.ttl)
         except DirectoryUnavailable:
             self._claiming.discard(key)
-            raise self._unavailable(f"room {room!r} cannot be created and")
+            raise self._unavailable(f"room {room!r} cannot be created")
         self._claiming.discard(key)
         if holder is not None:
             raise ProtocolError(Status.CONFLICT, f"room {room!r} already exists (on node {holder})")
@@ -182,7 +183,7 @@ class Directory:
         try:
             holder = await self.store.owner(key)
         except DirectoryUnavailable:
-            raise self._unavailable(f"room {room!r} cannot be looked up and")
+            raise self._unavailable(f"room {room!r} cannot be looked up")
         if holder is None or holder[0] == self.node or holder[1] == self.tcp:
             # Nowhere, or a claim left by the process that had this address
             # before this one: the service answers (404, unless it is here).
@@ -208,6 +209,8 @@ class Directory:
         claims: list[Claim] = []
         holders: list[str | None] = []
         try:
+            if not self.store.connected:
+                raise DirectoryUnavailable("no connection to Redis")
             for start in range(0, len(every), BATCH):
                 # A room may close between batches: claim only those still here.
                 batch = [c for c in every[start:start + BATCH] if c.key in self.service.rooms]

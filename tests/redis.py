@@ -47,7 +47,7 @@ class _Watch(protocol.ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         self.output = (self.output + data)[-8192:]
-        if not self.ready.called and b"Ready to accept connections" in self.output:
+        if not self.ready.called and b"ready to accept connections" in self.output.lower():
             self.ready.callback(None)
 
     errReceived = outReceived
@@ -61,22 +61,39 @@ class _Watch(protocol.ProcessProtocol):
 class RedisServer:
     """One redis-server process; L{stop} and L{start} again keep the port."""
 
-    def __init__(self, test: Any) -> None:
+    def __init__(self, test: Any, *, unix: bool = False, tls: tuple[str, str] | None = None) -> None:
+        """C{unix}: a Unix socket only; C{tls}: (cert, key) PEM files, TLS only."""
         self.binary = redis_server_path(test)
         self.port = free_port()
         self.dir = os.path.abspath(test.mktemp())
         os.makedirs(self.dir)
+        self.unix = unix
+        self.tls = tls
+        self.socket = os.path.join(self.dir, "redis.sock")
         self._watch: _Watch | None = None
         test.addCleanup(self.stop)
 
     @property
     def url(self) -> str:
+        if self.unix:
+            return f"unix://{self.socket}?db=0"
+        if self.tls:
+            return f"rediss://localhost:{self.port}/0?ssl_ca_certs={self.tls[0]}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _listen_args(self) -> list[str]:
+        if self.unix:
+            return ["--port", "0", "--unixsocket", self.socket]
+        if self.tls:
+            cert, key = self.tls
+            return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
+                    "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
+        return ["--port", str(self.port)]
 
     async def start(self) -> None:
         watch = self._watch = _Watch()
         argv = [
-            self.binary, "--port", str(self.port), "--dir", self.dir, "--save", "",
+            self.binary, *self._listen_args(), "--dir", self.dir, "--save", "",
             "--appendonly", "no", "--bind", "127.0.0.1", "--logfile", "",
         ]
         reactor.spawnProcess(watch, self.binary, argv, env=dict(os.environ), path=self.dir)

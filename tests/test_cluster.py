@@ -280,3 +280,34 @@ class KilledNode(ClusterTestCase):
         r = await self.reply(again, wire.JOIN_ROOM, "Doomed", {"username": "y"})
         self.assertEqual(r["status"], 404, r)  # not a redirect to itself
         await self.create(again, "Doomed", "z")
+
+
+class RedisAddresses(ClusterTestCase):
+    """The other two forms of --redis, against a real redis-server."""
+
+    async def two_nodes_agree(self) -> None:
+        a = self.node("--interface", "127.0.0.1")
+        b = self.node("--interface", "127.0.0.1")
+        await eventually(lambda: self._connected(a, b), "both nodes connected to Redis")
+        await self.create(a, "Lobby", "alice")
+        r = await self.reply(b, wire.JOIN_ROOM, "Lobby", {"username": "bob"})
+        self.assertEqual((r["status"], r.get("tcp")), (307, self.where(a)))
+
+    async def _connected(self, *nodes: OcmService) -> bool:
+        return all(n.directory.store.connected for n in nodes)
+
+    async def test_unix_socket(self):
+        self.redis = RedisServer(self, unix=True)
+        await self.redis.start()
+        await self.two_nodes_agree()
+
+    async def test_tls_with_a_private_ca(self):
+        from ocm import tls
+
+        cert, key = tls.make_self_signed("localhost")
+        cert_path, key_path = os.path.abspath(self.mktemp()), os.path.abspath(self.mktemp())
+        Path(cert_path).write_bytes(cert)
+        Path(key_path).write_bytes(key)
+        self.redis = RedisServer(self, tls=(cert_path, key_path))
+        await self.redis.start()
+        await self.two_nodes_agree()

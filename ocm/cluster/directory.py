@@ -153,14 +153,15 @@ class Directory:
         """
         key = name_key(room)
         claim = Claim(key, room, password, 1)
-        self.releasing.pop(key, None)
         self._claiming.add(key)
         try:
             [holder] = await self.store.assert_claims(self.node, self.tcp, [claim], self.ttl)
         except DirectoryUnavailable:
-            self._claiming.discard(key)
             raise self._unavailable(f"room {room!r} cannot be created")
-        self._claiming.discard(key)
+        finally:
+            self._claiming.discard(key)
+        # The claim is this node's now: an older release of it is void.
+        self.releasing.pop(key, None)
         if holder is not None:
             raise ProtocolError(Status.CONFLICT, f"room {room!r} already exists (on node {holder})")
         try:

@@ -47,8 +47,11 @@ class OcmService(service.Service):
         reactor: Any,
         banner: list[str] | None = None,
         hashing: HashPool | None = None,
+        directory: Any = None,
     ) -> None:
         self.rooms = rooms
+        # Cluster mode: the room directory (ocm.cluster.directory), else None.
+        self.directory = directory
         self.tcrp = tcrp
         self.relay = Relay(rooms)
         self._minutely = LoopingCall(self.minutely)
@@ -109,6 +112,8 @@ class OcmService(service.Service):
         )
         for line in self.banner:
             self.log.info("{line}", line=line)
+        if self.directory is not None:
+            self.directory.start(self.tcp_port)
 
     def minutely(self) -> None:
         """Forget idle rate-limit state; log what was dropped, if anything."""
@@ -142,6 +147,9 @@ class OcmService(service.Service):
         if self.hashing is not None:
             self.hashing.stop()
         waits = []
+        if self.directory is not None:
+            # After rooms.stop(): their names are released first.
+            waits.append(defer.ensureDeferred(self.directory.stop()))
         for port in (self.tcp, self.udp, self.web_port):
             if port is not None:
                 waits.append(defer.maybeDeferred(port.stopListening))

@@ -15,11 +15,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from ocm import tls
+from ocm.cluster.url import parse_redis_url
 from ocm.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
-from ocm.web import daemon as web
 from ocm.rooms import RoomService
 from ocm.service import OcmService
 from ocm.tcrp_server import TCRPFactory
+from ocm.web import daemon as web
 
 log = Logger()
 
@@ -158,6 +159,16 @@ class Options(usage.Options):
         ["web-max-per-address", None, "50",
          "Most chat WebSockets open at once from one address; past it 429.",
          _number("web-max-per-address", int, 1)],
+        ["redis", None, None,
+         "Cluster mode: share the room directory with other nodes through this Redis "
+         "(redis://host:port/db, rediss://... for TLS, unix:///path/to/socket). Needs ocm[cluster]."],
+        ["advertise", None, None,
+         "With --redis: the host name or address clients reach this node at "
+         "(default: --interface, when it is one address)."],
+        ["redis-ttl", None, "15",
+         "With --redis: seconds the directory keeps this node's rooms unless refreshed "
+         "(every third of it); a dead node's rooms are forgotten within this.",
+         _number("redis-ttl", float, 0.3, 3600)],
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
@@ -195,6 +206,33 @@ class Options(usage.Options):
             path = self[option]
             if path and not os.access(path, os.R_OK):
                 raise usage.UsageError(f"--{option}: cannot read {path!r}")
+        self._cluster_options()
+
+    def _cluster_options(self) -> None:
+        if self["redis"] is None:
+            if self["advertise"] is not None:
+                raise usage.UsageError("--advertise goes with --redis")
+            return
+        try:
+            self["redis-address"] = parse_redis_url(self["redis"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        try:
+            import txredisapi  # noqa: F401
+        except ImportError:
+            raise usage.UsageError("--redis: cluster mode needs the Redis client: pip install 'ocm[cluster]'")
+        advertise = (self["advertise"] or "").strip().strip("[]")
+        if not advertise:
+            interface = self["interface"].strip("[]")
+            if interface in ("", "0.0.0.0", "::"):
+                raise usage.UsageError(
+                    "--advertise: with --redis, give the host name or address clients "
+                    "reach this node at (other nodes redirect clients there)"
+                )
+            advertise = interface
+        if any(c.isspace() for c in advertise) or "/" in advertise:
+            raise usage.UsageError(f"--advertise: {advertise!r} is not a host name or address")
+        self["advertise"] = advertise
 
 
 def makeService(config: Options, reactor: Any = None) -> OcmService:
@@ -253,9 +291,14 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
     if not config["no-tls"]:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
     endpoint = endpoints.serverFromString(reactor, config["tcp-endpoint"])
+    directory = None
+    if config["redis"] is not None:
+        directory = _directory(config, rooms, reactor)
+        tcrp.directory = directory
+        banner.append(f"cluster mode: room directory in {config['redis-address'].shown}")
     service = OcmService(
         rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner,
-        hashing=hashing,
+        hashing=hashing, directory=directory,
     )
     if config["web"] is not None:
         service.web = web.make_listener(
@@ -266,3 +309,14 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
             + f" on {config['web-endpoint']}"
         )
     return service
+
+
+def _directory(config: Options, rooms: RoomService, reactor: Any) -> Any:
+    from ocm.cluster.directory import Directory
+    from ocm.cluster.store import RedisStore
+
+    try:
+        store = RedisStore(config["redis-address"], reactor, reactor=reactor)
+    except OSError as e:
+        raise usage.UsageError(f"--redis: {e}")
+    return Directory(rooms, store, reactor, advertise=config["advertise"], ttl=config["redis-ttl"])

@@ -54,9 +54,12 @@ async def answer(
     answer through here; C{deliver} makes a browser member (see RoomService).
     """
     service = factory.service
+    # Cluster mode: the shared room directory (ocm.cluster), else None.
+    directory = factory.directory
     member_kw: dict[str, Any] = {} if deliver is None else {"deliver": deliver}
     if request.op == Op.LIST_ROOMS:
-        return {"rooms": service.list_rooms()}
+        rooms = service.list_rooms() if directory is None else await directory.list_rooms()
+        return {"rooms": rooms}
     if request.op == Op.CREATE_ROOM:
         service.check_create(request.room)
         hashed = None
@@ -64,8 +67,18 @@ async def answer(
             hashed = await factory.offload(passwords.hash_password, request.password)
         if gone():
             return None
-        member = service.create_room(request.room, request.username, ip, hashed, **member_kw)
+        make = lambda: service.create_room(request.room, request.username, ip, hashed, **member_kw)
+        if directory is None:
+            member = make()
+        else:
+            member = await directory.create_room(
+                request.room, hashed is not None, make, lambda: not gone()
+            )
+            if member is None:
+                return None
         return service.complete_body(member)
+    if directory is not None:
+        await directory.route_join(request.room)
     room = service.room_for_join(request.room)
     if room.password is not None:
         await check_password(factory, address_key(ip), request.password, request.username, room)
@@ -267,6 +280,7 @@ class TCRPFactory(Factory):
     ) -> None:
         self.service = service
         self.clock = clock
+        self.directory: Any = None  # an ocm.cluster.directory.Directory in cluster mode
         self.max_payload = max_payload
         self.request_timeout = request_timeout
         self.max_connections = max_connections

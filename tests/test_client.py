@@ -23,6 +23,7 @@ from twisted.trial import unittest
 from ocm import tls
 from ocm.client.__main__ import main, parse_args
 from ocm.client import app as app_module
+from ocm.client import tcrp as tcrp_module
 from ocm.client.app import ERASE_TYPED_LINE, ChatClient, Settings
 from ocm.client.display import EARLIER_BEGIN, EARLIER_END
 from ocm.client.loss import Loss, loss_from
@@ -402,7 +403,7 @@ class ChatTests(ClientTestCase):
             return reply
 
         alice = await self.host()
-        self.patch(app_module, "request", version_1)
+        self.patch(tcrp_module, "request", version_1)
         bot = self.client("bot", "Lobby", mode="join", backlog=20)
         bot.type("plain chat", "still plain")
         bot.end_input()

@@ -81,6 +81,10 @@ class Options(usage.Options):
          "Summarize a --soak CSV (finished or not): samples, peaks, and slopes of its second half."],
         ["daemon-source", None, None,
          "With --memory or --soak: run the daemon from this source tree (e.g. another checkout)."],
+        ["cluster", None, None,
+         "Start a redis-server and this many ocm nodes sharing it (--spawn implied): room i is "
+         "created on node i mod N, every guest joins through the next node (a 307 first); "
+         "daemon CPU is the nodes' and Redis's.", _positive(int)],
     ]
     optFlags = [
         ["spawn", None, "Start the server (python -m twisted ocm, limits raised) on free loopback ports."],
@@ -115,6 +119,10 @@ class Options(usage.Options):
             self["spawn"] = True
         if self["memory"] and self["soak"]:
             raise usage.UsageError("--memory and --soak: one at a time")
+        if self["cluster"] is not None:
+            if self["compare"] or self["pin"] is not None or self["server"] != "ocm":
+                raise usage.UsageError("--cluster runs ocm nodes alone: drop --compare, --pin and --server")
+            self["spawn"] = True
         if self["server"] not in SERVERS:
             raise usage.UsageError(f"--server: one of {', '.join(SERVERS)}")
         if self["spawn"] and (self["tcp"] or self["daemon-pid"]):

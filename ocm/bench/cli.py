@@ -9,7 +9,7 @@ from typing import Any
 
 from ocm.bench.report import format_compare, format_run, summarize
 from ocm.bench.run import Load, Target, run_once
-from ocm.bench.spawn import Server
+from ocm.bench.spawn import RedisProcess, Server
 
 
 class StatusLine:
@@ -41,6 +41,32 @@ def load_from(options: Any) -> Load:
         size=options["size"], readers=options["readers"], workers=options["workers"],
         concurrency=options["concurrency"],
     )
+
+
+async def cluster_run(reactor: Any, load: Load, options: Any, status: StatusLine) -> dict[str, Any]:
+    """C{--cluster N}: a redis-server and N ocm nodes, rooms spread over them."""
+    tls = not options["no-tls"]
+    host = options["host"]
+    redis = RedisProcess(reactor, host)
+    nodes: list[Server] = []
+    try:
+        await redis.ready()
+        for _ in range(options["cluster"]):
+            nodes.append(Server(
+                reactor, "ocm", host, tls, load.rooms, load.members,
+                extra=["--redis", redis.url, "--advertise", host],
+            ))
+        for node in nodes:
+            await node.ready()
+        target = Target(
+            f"ocm x{len(nodes)}", host, nodes[0].tcp_port, nodes[0].tls,
+            nodes=tuple(n.tcp_port for n in nodes), pids=tuple(n.pid for n in nodes) + (redis.pid,),
+        )
+        return await run_once(reactor, load, target, status)
+    finally:
+        for node in nodes:
+            await node.stop()
+        await redis.stop()
 
 
 async def spawned_run(reactor: Any, load: Load, kind: str, options: Any, status: StatusLine) -> dict[str, Any]:
@@ -93,7 +119,9 @@ async def run(reactor: Any, options: Any) -> None:
         else:
             print(format_compare(summary))
         return
-    if options["spawn"]:
+    if options["cluster"]:
+        result = await cluster_run(reactor, load, options, status)
+    elif options["spawn"]:
         result = await spawned_run(reactor, load, options["server"], options, status)
     else:
         target = Target("ocm", options["host"], options["tcp"], not options["no-tls"], options["daemon-pid"])

@@ -21,9 +21,10 @@ JOIN_TIMEOUT = 30.0
 
 
 class JoinRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, tcp: Any = None) -> None:
         super().__init__(f"{status} {message}")
         self.status = status
+        self.tcp = tcp  # a 307's node address
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class _JoinProtocol(Protocol):
         for frame in frames:
             body = json.loads(frame.payload)
             if frame.state == State.RESPONSE and body.get("status") != 200:
-                self._fail(Failure(JoinRefused(body.get("status", 0), body.get("message", ""))))
+                self._fail(Failure(JoinRefused(body.get("status", 0), body.get("message", ""), body.get("tcp"))))
                 return
             if frame.state == State.COMPLETE:
                 self.done.callback(body)
@@ -112,6 +113,40 @@ class Joiner:
         return Credentials(room, username, body["token"], body["key"], int(body["udp_port"]))
 
 
+class ClusterJoiner:
+    """
+    Joins against the nodes of a cluster (C{--cluster}): room i is created
+    on node i mod N, and each guest enters through the next node, which
+    answers 307, and is sent on to the room's node: the dearest join a
+    cluster has. C{latencies} holds whole joins, redirect included.
+    """
+
+    def __init__(self, reactor: Any, host: str, ports: list[int], tls: bool) -> None:
+        self.joiners = {port: Joiner(reactor, host, port, tls) for port in ports}
+        self.ports = ports
+        self.home: dict[str, int] = {}
+        self.latencies: list[float] = []
+        self.redirects = 0
+
+    async def join(self, op: Op, room: str, username: str) -> Credentials:
+        started = time.monotonic()
+        if op == Op.CREATE_ROOM:
+            port = self.ports[len(self.home) % len(self.ports)]
+            self.home[room] = port
+        else:
+            home = self.ports.index(self.home[room])
+            port = self.ports[(home + 1) % len(self.ports)]
+        try:
+            creds = await self.joiners[port].join(op, room, username)
+        except JoinRefused as e:
+            if e.status != 307 or not isinstance(e.tcp, str):
+                raise
+            self.redirects += 1
+            creds = await self.joiners[int(e.tcp.rsplit(":", 1)[1])].join(op, room, username)
+        self.latencies.append(time.monotonic() - started)
+        return creds
+
+
 async def bounded(
     items: Iterable[T], fn: Callable[[T], Awaitable[Any]], concurrency: int
 ) -> list[Any]:
@@ -125,7 +160,7 @@ async def bounded(
 
 
 async def join_rooms(
-    joiner: Joiner, rooms: list[str], members: int, concurrency: int
+    joiner: Joiner | ClusterJoiner, rooms: list[str], members: int, concurrency: int
 ) -> list[list[Credentials]]:
     """Create each room (its host is member 0), then join the others to it."""
     hosts = await bounded(

@@ -62,7 +62,9 @@ def format_run(r: dict[str, Any]) -> str:
         f"({load['readers']} reader(s)/room, {load['workers']} generator process(es))",
         f"  joins       {j['count']:,} in {j['seconds']:.2f} s: {j['per_s']:,.0f}/s, latency p50 "
         f"{_num(j['p50_ms'], '{:.1f}')} ms p99 {_num(j['p99_ms'], '{:.1f}')} ms "
-        f"({'TLS' if j['tls'] else 'plain TCP'}, {j['concurrency']} at once; cpu: daemon "
+        f"({'TLS' if j['tls'] else 'plain TCP'}, {j['concurrency']} at once; "
+        + (f"{j['nodes']} nodes, {j['redirects']:,} redirected; " if j.get("nodes", 1) > 1 else "")
+        + f"cpu: daemon "
         f"{_num(j['daemon_cpu_s'], '{:.1f}')} s, generator {j['generator_cpu_s']:.1f} s)",
         f"  sent        {r['sent_per_s']:,.0f} msg/s (target {r['target_per_s']:,.0f}/s)",
         f"  deliveries  {r['deliveries_per_s']:,.0f}/s (scaled from readers), "

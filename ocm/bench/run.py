@@ -16,7 +16,7 @@ from typing import Any, Callable
 from twisted.internet import defer, protocol
 from twisted.internet.task import LoopingCall
 
-from ocm.bench.joins import Joiner, join_rooms
+from ocm.bench.joins import ClusterJoiner, Joiner, join_rooms
 from ocm.bench.report import merge_histograms, percentile_of, percentiles
 from ocm.bench.spawn import child_env, cpu_seconds, cpu_ticks
 
@@ -43,6 +43,9 @@ class Target:
     tls: bool
     pid: int | None = None  # for CPU time from /proc
     cpu: int | None = None  # the CPU it is pinned to, if any
+    # A cluster (--cluster): every node's TCRP port and pid (Redis's too).
+    nodes: tuple[int, ...] = ()
+    pids: tuple[int, ...] = ()
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -98,7 +101,9 @@ async def run_once(
     """Load C{target} once and return the figures as a JSON-able dict."""
     run_id = secrets.token_hex(3)
     names = [f"bench-{run_id}-{i:05d}" for i in range(load.rooms)]
-    joiner = Joiner(reactor, target.host, target.tcp_port, target.tls)
+    joiner: Any = Joiner(reactor, target.host, target.tcp_port, target.tls)
+    if target.nodes:
+        joiner = ClusterJoiner(reactor, target.host, list(target.nodes), target.tls)
     status(f"{target.kind}: joining {load.rooms * load.members:,} members...")
     started, daemon_before, own_before = time.monotonic(), _server_cpu(target), _own_cpu()
     rooms = await join_rooms(joiner, names, load.members, load.concurrency)
@@ -107,15 +112,22 @@ async def run_once(
     joins = len(joiner.latencies)
     readers = min(load.readers, load.members)
 
-    workers = [WorkerProcess() for _ in range(max(1, min(load.workers, load.rooms)))]
-    for index, worker in enumerate(workers):
+    # One UDP port per node: each worker sends to one node's rooms.
+    by_port: dict[int, list[Any]] = {}
+    for creds in rooms:
+        by_port.setdefault(creds[0].udp_port, []).append(creds)
+    shares = []
+    for group in by_port.values():
+        count = max(1, min(load.workers // len(by_port), len(group)))
+        shares += [group[i::count] for i in range(count)]
+    workers = [WorkerProcess() for _ in shares]
+    for worker, share in zip(workers, shares):
         process = reactor.spawnProcess(
             worker, sys.executable, [sys.executable, "-m", "ocm.bench.worker"],
             env=child_env(), childFDs={0: "w", 1: "r", 2: "r"},
         )
         if pin is not None:
             os.sched_setaffinity(process.pid, {pin})
-        share = rooms[index :: len(workers)]
         worker.send({
             "host": target.host,
             "udp_port": share[0][0].udp_port,
@@ -135,20 +147,20 @@ async def run_once(
 
     def sample(name: str) -> None:
         samples[name] = (
-            cpu_seconds(target.pid) if target.pid else None,
+            _server_cpu(target),
             _own_cpu(),
             cpu_ticks(target.cpu) if target.cpu is not None else None,
         )
 
     reactor.callLater(start_at + load.warmup - time.monotonic(), sample, "start")
     reactor.callLater(start_at + load.warmup + load.duration - time.monotonic(), sample, "end")
-    last = {"t": time.monotonic(), "sent": 0, "read": 0, "cpu": cpu_seconds(target.pid) if target.pid else None}
+    last = {"t": time.monotonic(), "sent": 0, "read": 0, "cpu": _server_cpu(target)}
 
     def progress() -> None:
         now = time.monotonic()
         sent = sum(w.progress["sent"] for w in workers)
         read = sum(w.progress["read"] for w in workers)
-        cpu = cpu_seconds(target.pid) if target.pid else None
+        cpu = _server_cpu(target)
         span = max(1e-6, now - last["t"])
         phase = "warm-up" if now < start_at + load.warmup else (
             "measuring" if now < start_at + load.warmup + load.duration else "draining")
@@ -195,6 +207,8 @@ async def run_once(
             "p99_ms": _ms(percentile_of(joiner.latencies, 0.99)),
             "tls": target.tls,
             "concurrency": load.concurrency,
+            "nodes": len(target.nodes) or 1,
+            "redirects": getattr(joiner, "redirects", 0),
             "daemon_cpu_s": _round(daemon_after - daemon_before if daemon_after is not None and daemon_before is not None else None),
             "generator_cpu_s": round(own_after - own_before, 3),
         },
@@ -219,6 +233,9 @@ async def run_once(
 
 
 def _server_cpu(target: Target) -> float | None:
+    if target.pids:
+        times = [cpu_seconds(pid) for pid in target.pids]
+        return None if None in times else sum(times)  # type: ignore[arg-type]
     return cpu_seconds(target.pid) if target.pid else None
 
 

@@ -95,10 +95,12 @@ class Server:
 
     def __init__(
         self, reactor: Any, kind: str, host: str, tls: bool, rooms: int, members: int,
-        extra: list[str] | None = None, source: str | None = None, traced: str | None = None,
+        extra: list[str] | tuple[str, ...] | None = None, source: str | None = None,
+        traced: str | None = None,
     ) -> None:
         """
-        @param extra: more C{twistd ocm} options (they win over the bench's).
+        @param extra: more C{twistd ocm} options (they win over the bench's),
+            e.g. a cluster node's --redis.
         @param source: run the daemon from this source tree (its ocm first
             on the path), e.g. another checkout for a before/after figure.
         @param traced: run it under L{ocm.bench.traced}, snapshots to this
@@ -136,7 +138,7 @@ class Server:
                     args += [f"--{option}", value]
             if not self.tls:
                 args.append("--no-tls")
-            args += extra or []
+            args += list(extra or ())
         self.argv = [sys.executable, *args]
         self._proto = _Collector()
         self.process = reactor.spawnProcess(
@@ -186,3 +188,45 @@ class Server:
             os.kill(self.pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+class RedisProcess:
+    """A redis-server for a spawned cluster (C{--cluster}): loopback, no disk."""
+
+    def __init__(self, reactor: Any, host: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("--cluster needs redis-server (apt-get install redis-server)")
+        self.reactor = reactor
+        self.host = host
+        self.port = free_port(socket.SOCK_STREAM, host)
+        self.dir = tempfile.mkdtemp(prefix="ocm-bench-redis-")
+        self._proto = _Collector()
+        argv = [binary, "--port", str(self.port), "--bind", host, "--dir", self.dir,
+                "--save", "", "--appendonly", "no"]
+        self.process = reactor.spawnProcess(self._proto, binary, argv, env=dict(os.environ), path=self.dir)
+        self.pid: int = self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    async def ready(self, timeout: float = 10.0) -> None:
+        endpoint = endpoints.TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=1)
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            try:
+                proto = await endpoints.connectProtocol(endpoint, protocol.Protocol())
+            except Exception:
+                if self._proto.ended.called or self.reactor.seconds() > deadline:
+                    raise RuntimeError("redis-server did not start:\n" + self._proto.output.decode(errors="replace"))
+                await deferLater(self.reactor, 0.05, lambda: None)
+                continue
+            proto.transport.abortConnection()
+            return
+
+    async def stop(self) -> None:
+        if not self._proto.ended.called:
+            self.process.signalProcess("KILL")
+            await self._proto.ended
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -42,7 +42,7 @@ from ocm.client.errors import (
 from ocm.client.loss import Loss
 from ocm.client.retry import retrying
 from ocm.client.session import ChatSession, Membership
-from ocm.client.tcrp import Reply, Server, list_rooms, request
+from ocm.client.tcrp import Reply, Server, list_rooms, request_redirected
 from ocm.datagram import MAX_TEXT, Event, EventKind
 from ocm.names import name_key, name_problem
 from ocm.tcrp import Op, Status
@@ -191,7 +191,9 @@ class ChatClient:
             try:
                 reply = await retrying(
                     self.reactor,
-                    lambda: request(self.reactor, self.server, op, room, name, password or ""),
+                    lambda: request_redirected(
+                        self.reactor, self.server, op, room, name, password or "", note=self.note
+                    ),
                     self.note,
                 )
                 return reply, op, name

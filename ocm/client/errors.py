@@ -32,7 +32,12 @@ class RequestRefused(ClientError):
     """The server answered a TCRP request with a status other than 200."""
 
     def __init__(
-        self, sentence: str, status: int, server_message: str, retry_after: float | None = None
+        self,
+        sentence: str,
+        status: int,
+        server_message: str,
+        retry_after: float | None = None,
+        response: dict | None = None,
     ) -> None:
         super().__init__(sentence)
         self.status = status
@@ -40,3 +45,5 @@ class RequestRefused(ClientError):
         # PROTOCOL 1.1: seconds after which the same request may succeed
         # (a 429, or a momentary 503); None from a version 1 server.
         self.retry_after = retry_after
+        # The whole RESPONSE body: a 307's "tcp" and other keys.
+        self.response = response or {}

@@ -11,8 +11,8 @@ to a server that was not verified.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
@@ -23,7 +23,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ocm.client.display import status_sentence
+from ocm.client.display import quoted, sanitize, status_sentence
 from ocm.client.errors import ClientError, RequestRefused
 from ocm.client.trust import CATrust, Trust
 from ocm.tcrp import Op, ProtocolError, ReplyParser, State, Status, encode_request
@@ -115,9 +115,11 @@ class TCRPClientProtocol(Protocol):
             self.status = status
             if status != Status.OK:
                 message = body.get("message")
-                self._finish(Failure(self.refusal(
+                refused = self.refusal(
                     status, message if isinstance(message, str) else "", retry_after(body),
-                )))
+                )
+                refused.response = body
+                self._finish(Failure(refused))
         elif state == State.COMPLETE and self.status == Status.OK:
             self._finish(Reply(body, self.peer))
         else:
@@ -232,6 +234,61 @@ async def request(
         return await protocol.result
     except defer.TimeoutError:
         raise ClientError(f"No answer from {server.where} within {server.timeout:g} seconds.")
+
+
+def redirect_target(value: Any) -> tuple[str, int] | None:
+    """The host and port of a 307's C{"tcp"}: host:port or [v6]:port, else None."""
+    if not isinstance(value, str) or len(value) > 300:
+        return None
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if any(c.isspace() or c in "/@[]" for c in host) or not host.isprintable():
+        return None
+    return host, int(port)
+
+
+async def request_redirected(
+    reactor: IReactorTCP,
+    server: Server,
+    op: Op,
+    room: str = "",
+    username: str = "",
+    password: str = "",
+    note: Callable[[str], None] | None = None,
+) -> Reply:
+    """
+    L{request}, following at most one 307 (a cluster's node that does not
+    hold the room names the one that does). The node sent to is verified as
+    the cluster rule of PROTOCOL §5 says: see L{Trust.redirected}.
+    """
+    try:
+        return await request(reactor, server, op, room, username, password)
+    except RequestRefused as e:
+        if e.status != Status.REDIRECT:
+            raise
+        tcp = e.response.get("tcp")
+    target = redirect_target(tcp)
+    if target is None:
+        raise ClientError(f"{server.where} redirected the request to {tcp!r}, which is not host:port.")
+    there = replace(
+        server, host=target[0], port=target[1], trust=server.trust.redirected(server.host, server.port)
+    )
+    if note is not None:
+        note(f"Room {quoted(room)} is on {there.where} (a node of the same cluster); going there.")
+    try:
+        return await request(reactor, there, op, room, username, password)
+    except RequestRefused as e:
+        if e.status != Status.REDIRECT:
+            raise
+        raise ClientError(
+            f"{there.where} redirected the request again (to {sanitize(str(e.response.get('tcp')))}); "
+            "a client follows one redirect. The cluster may be changing; try again."
+        )
 
 
 def _connect_detail(e: Exception) -> str:

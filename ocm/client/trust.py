@@ -111,6 +111,10 @@ class Trust:
     def verify(self, host: str, port: int, der: bytes) -> None:
         """Raise L{ClientError} to refuse the server before anything is sent."""
 
+    def redirected(self, host: str, port: int) -> Trust:
+        """The policy for the node a 307 from C{host}:C{port} sent us to."""
+        return self
+
 
 class NoTLS(Trust):
     tls = False
@@ -184,6 +188,10 @@ class PinnedTrust(Trust):
     def creator(self, host: str) -> IOpenSSLClientConnectionCreator:
         return _AnyCertificate(host)
 
+    def redirected(self, host: str, port: int) -> Trust:
+        key = server_key(host, port)
+        return RedirectedPin(self, key, self.seen.get(key))
+
     def verify(self, host: str, port: int, der: bytes) -> None:
         key = server_key(host, port)
         new = fingerprint(der)
@@ -212,6 +220,45 @@ class PinnedTrust(Trust):
         else:
             raise CertificateChanged(key, old, new, self.known.path)
         self.seen[key] = new
+
+
+class RedirectedPin(Trust):
+    """
+    PROTOCOL §5 (1.1): the nodes of one cluster present one certificate, so
+    after a 307 from a node whose certificate was verified here, the same
+    certificate is accepted at the new address (and pinned for it). Any
+    other certificate there needs a pin of its own.
+    """
+
+    def __init__(self, pinned: PinnedTrust, origin: str, fp: str | None) -> None:
+        self.pinned = pinned
+        self.origin = origin
+        self.fp = fp
+        self.description = pinned.description
+
+    def creator(self, host: str) -> IOpenSSLClientConnectionCreator:
+        return self.pinned.creator(host)
+
+    def verify(self, host: str, port: int, der: bytes) -> None:
+        key = server_key(host, port)
+        new = fingerprint(der)
+        if self.fp is not None and new == self.fp:
+            if self.pinned.known.lookup(key) != new:
+                self.pinned.known.remember(key, new)
+            self.pinned.seen[key] = new
+            return
+        old = self.pinned.known.lookup(key)
+        if old == new or self.pinned.accept_new:
+            self.pinned.verify(host, port, der)
+            return
+        raise ClientError(
+            f"{self.origin} redirected the request to {key}, which shows another certificate; "
+            "nothing was sent there.\n"
+            f"  {self.origin}: SHA256:{self.fp}\n"
+            f"  {key}: SHA256:{new}\n"
+            "The nodes of one cluster present one certificate. If this one is right, connect "
+            f"to {key} once directly to pin it (or use --accept-new-cert)."
+        )
 
 
 class CertificateChanged(ClientError):

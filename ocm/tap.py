@@ -17,6 +17,7 @@ from twisted.python import usage
 from ocm import tls
 from ocm.rooms import RoomService
 from ocm.service import OcmService
+from ocm.systemd import Notifier
 from ocm.tcrp_server import TCRPFactory
 
 log = Logger()
@@ -91,6 +92,10 @@ class Options(usage.Options):
          "Datagrams a second per member, on average (0: no limit); the rest are dropped.",
          _number("member-rate", float, 0)],
         ["member-burst", None, "40", "Datagrams one member may send at once.", _number("member-burst", int, 1)],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics and a health check at /healthz on this "
+         "Twisted server endpoint, e.g. tcp:9102:interface=127.0.0.1 (default: off; "
+         "needs the metrics extra, pip install 'ocm[metrics]')."],
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
@@ -127,9 +132,34 @@ class Options(usage.Options):
             path = self[option]
             if path and not os.access(path, os.R_OK):
                 raise usage.UsageError(f"--{option}: cannot read {path!r}")
+        self._check_metrics()
+
+    def _check_metrics(self) -> None:
+        metrics = self["metrics"]
+        if metrics is None:
+            return
+        metrics = self["metrics"] = metrics.strip()
+        if not metrics or metrics.isdigit():
+            raise usage.UsageError(
+                f"--metrics: {metrics!r} is not an endpoint string; "
+                "give one such as tcp:9102:interface=127.0.0.1"
+            )
+        try:
+            endpoints._parseServer(metrics, None)
+        except Exception as e:
+            raise usage.UsageError(f"--metrics: {metrics!r} is not a server endpoint string ({e})")
+        if self["metrics"] == self["tcp-endpoint"]:
+            raise usage.UsageError("--metrics: the same endpoint as --tcp")
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise usage.UsageError(
+                "--metrics: the prometheus_client package is not installed (pip install 'ocm[metrics]')"
+            )
 
 
-def makeService(config: Options, reactor: Any = None) -> OcmService:
+def makeService(config: Options, reactor: Any = None, environ: Any = None) -> OcmService:
+    """The daemon; C{environ} (default os.environ) is where systemd's variables are read."""
     if reactor is None:
         from twisted.internet import reactor
     banner: list[str] = []
@@ -174,6 +204,13 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         banner.append(f"TLS fingerprint SHA256:{fp}")
         factory = TLSMemoryBIOFactory(options, False, factory)
     endpoint = endpoints.serverFromString(reactor, config["tcp-endpoint"])
-    return OcmService(
-        rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner
+    svc = OcmService(
+        rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner,
+        notifier=Notifier.from_environ(environ),
     )
+    if config["metrics"]:
+        from ocm import metrics
+
+        svc.metrics_endpoint = endpoints.serverFromString(reactor, config["metrics"])
+        svc.metrics_factory = metrics.site(svc)
+    return svc

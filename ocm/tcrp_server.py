@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable
 
+from OpenSSL import SSL
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ocm import passwords
 from ocm.limits import Buckets
@@ -39,12 +41,15 @@ _OK_MESSAGES = {
 }
 
 
+@implementer(IHandshakeListener)
 class TCRPServerProtocol(Protocol):
     factory: TCRPFactory
     log = Logger()
 
     def __init__(self) -> None:
         self._deadline: IDelayedCall | None = None
+        self._handshaken = False
+        self._started = 0.0
         self._answered = False
         self._counted = False
         self._refusing = False
@@ -55,6 +60,7 @@ class TCRPServerProtocol(Protocol):
         f = self.factory
         self.parser = RequestParser(f.max_payload)
         self.peer_ip = normalize_ip(getattr(self.transport.getPeer(), "host", ""))
+        self._started = f.clock.seconds()
         # The deadline covers the TLS handshake too: it starts at accept.
         self._deadline = f.clock.callLater(f.request_timeout, self._timed_out)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -90,6 +96,7 @@ class TCRPServerProtocol(Protocol):
         try:
             request = self.parser.feed(data)
             if self._rate_refusal is not None and self.parser.header is not None:
+                self.factory.limited["request_rate"] += 1
                 raise self._rate_refusal
         except ProtocolError as e:
             self._refuse(e)
@@ -130,6 +137,10 @@ class TCRPServerProtocol(Protocol):
             encode_response(op, room_bytes, Status.OK, _OK_MESSAGES[request.op])
             + encode_complete(op, room_bytes, body)
         )
+        f = self.factory
+        f.answered[op, Status.OK] += 1
+        if f.on_joined is not None and request.op != Op.LIST_ROOMS:
+            f.on_joined(request.op, f.clock.seconds() - self._started)
         self._finish()
 
     async def _check_password(self, password: str, room: Any) -> None:
@@ -142,6 +153,7 @@ class TCRPServerProtocol(Protocol):
         now = f.clock.seconds()
         bucket = f.password_tries.get((self.peer_ip, name_key(room.name)), now)
         if not bucket.take(now):
+            f.limited["password"] += 1
             raise ProtocolError(
                 Status.TOO_MANY,
                 f"too many wrong passwords for room {room.name!r} from your address; "
@@ -162,6 +174,7 @@ class TCRPServerProtocol(Protocol):
             status=error.status, ip=self.peer_ip, why=error.message,
         )
         self.factory.refusals[error.status] += 1
+        self.factory.answered[op, error.status] += 1
         if self.connected:
             self.transport.write(
                 encode_response(
@@ -192,8 +205,13 @@ class TCRPServerProtocol(Protocol):
             self._deadline.cancel()
         self._deadline = None
 
+    def handshakeCompleted(self) -> None:
+        self._handshaken = True
+
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = False
+        if not self._handshaken and reason is not None and reason.check(SSL.Error):
+            self.factory.tls_failures += 1
         self._cancel_deadline()
         if self._counted:
             self._counted = False
@@ -238,12 +256,22 @@ class TCRPFactory(Factory):
         # max_refusing they are dropped without an answer.
         self.refusing = 0
         self.max_refusing = 256
+        # For the metrics (ocm.metrics reads them when scraped): answers by
+        # (operation, status), refusals by limit, failed TLS handshakes, and
+        # a hook told of each COMPLETE of a CREATE or JOIN with its seconds
+        # since accept.
+        self.answered: Counter[tuple[int, int]] = Counter()
+        self.limited: Counter[str] = Counter()
+        self.tls_failures = 0
+        self.on_joined: Callable[[Op, float], None] | None = None
 
     def admit(self, ip: str) -> bool:
         """Count a new connection in, or raise the refusal for a full cap."""
         if self.active >= self.max_connections:
+            self.limited["connections"] += 1
             raise ProtocolError(Status.UNAVAILABLE, "the server has all the connections it can take; try again soon")
         if self.per_address[ip] >= self.max_per_address:
+            self.limited["per_address"] += 1
             raise ProtocolError(Status.TOO_MANY, "too many open connections from your address")
         self.active += 1
         self.per_address[ip] += 1

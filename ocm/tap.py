@@ -145,11 +145,11 @@ class Options(usage.Options):
                 "give one such as tcp:9102:interface=127.0.0.1"
             )
         try:
-            endpoints._parseServer(metrics, None)
+            parsed = endpoints._parseServer(metrics, None)
         except Exception as e:
             raise usage.UsageError(f"--metrics: {metrics!r} is not a server endpoint string ({e})")
-        if self["metrics"] == self["tcp-endpoint"]:
-            raise usage.UsageError("--metrics: the same endpoint as --tcp")
+        if parsed == endpoints._parseServer(self["tcp-endpoint"], None) and parsed[1][:1] != (0,):
+            raise usage.UsageError(f"--metrics: {metrics!r} is the TCRP listener's endpoint (--tcp)")
         try:
             import prometheus_client  # noqa: F401
         except ImportError:

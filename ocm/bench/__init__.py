@@ -61,6 +61,9 @@ class Options(usage.Options):
         ["rounds", None, "3", "With --compare: rounds of floor then ocm.", _positive(int)],
         ["pin", None, None, "Pin the spawned server to this CPU and the generator to another.",
          _positive(int, -1)],
+        ["scrape", None, None,
+         "With --spawn: the ocm server also serves --metrics, scraped every this many seconds "
+         "while it runs (to measure what metrics cost).", _positive(float)],
     ]
     optFlags = [
         ["spawn", None, "Start the server (python -m twisted ocm, limits raised) on free loopback ports."],

@@ -45,7 +45,7 @@ def load_from(options: Any) -> Load:
 
 async def spawned_run(reactor: Any, load: Load, kind: str, options: Any, status: StatusLine) -> dict[str, Any]:
     tls = not options["no-tls"]
-    server = Server(reactor, kind, options["host"], tls, load.rooms, load.members)
+    server = Server(reactor, kind, options["host"], tls, load.rooms, load.members, scrape=options["scrape"])
     pin = options["pin"]
     try:
         if pin is not None:
@@ -55,7 +55,10 @@ async def spawned_run(reactor: Any, load: Load, kind: str, options: Any, status:
             os.sched_setaffinity(0, {other})
         await server.ready()
         target = Target(kind, options["host"], server.tcp_port, server.tls, server.pid, pin)
-        return await run_once(reactor, load, target, status, pin=None if pin is None else other)
+        result = await run_once(reactor, load, target, status, pin=None if pin is None else other)
+        if kind == "ocm" and options["scrape"] is not None:
+            result["scrapes"] = {"ok": server.scrapes, "failed": server.scrape_errors}
+        return result
     finally:
         await server.stop()
 

@@ -78,6 +78,8 @@ def format_run(r: dict[str, Any]) -> str:
             f"  cpu{cpu['server_cpu']:<8} {cpu['server_cpu_busy_pct']:.0f}% busy, of which softirq "
             f"{cpu['server_cpu_softirq_pct']:.0f}% (mostly loopback delivery of the daemon's own sends)"
         )
+    if "scrapes" in r:
+        lines.append(f"  metrics     scraped {r['scrapes']['ok']} times ({r['scrapes']['failed']} failed)")
     return "\n".join(lines)
 
 

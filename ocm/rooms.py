@@ -7,12 +7,20 @@ C{task.Clock} in tests) and sealed datagrams leave through an injected
 C{send(data, address)} callable that the relay provides (the socket's own
 C{sendto}: one Python frame less per delivery); an C{OSError} from it costs
 that one delivery, is counted, and goes to C{send_failed}.
+
+A member without a UDP address of its own (a browser, over a WebSocket) is
+given a C{deliver(event)} callable instead: it receives each event as the
+plaintext inner event and carries it over its own transport. Such members
+speak through L{RoomService.say}, L{RoomService.request_history},
+L{RoomService.touch} and L{RoomService.leave}, under the same rules as
+datagrams.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
+import struct
 from collections import Counter
 from typing import Any, Callable
 
@@ -22,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ocm.datagram import (
+    MAX_TEXT,
     DatagramError,
     EventKind,
     Kind,
@@ -31,21 +40,33 @@ from ocm.datagram import (
     parse_message,
     server_nonce,
 )
+from ocm.history import DEFAULT_BYTES as DEFAULT_HISTORY_BYTES
+from ocm.history import DEFAULT_COUNT as DEFAULT_HISTORY
+from ocm.history import History
 from ocm.limits import TokenBucket
 from ocm.names import name_key
 from ocm.passwords import PasswordHash
 from ocm.replay import ReplayWindow
+from ocm.sends import NEW, STALE, SendWindow
 from ocm.tcrp import ProtocolError, Status
 
 Address = tuple  # (host, port) as the relay's transport gives it
 Send = Callable[[bytes, Address], Any]
 SendFailed = Callable[[OSError, Address], None]
+Deliver = Callable[[bytes], Any]
+
+VERSION = "1.1"
 
 TOKEN_BYTES = 16  # 128 bits, PROTOCOL §1's minimum
 
 # Enum members as plain module names for the datagram path: on Python 3.11
 # each Kind.X lookup costs about 0.35 us.
 _CHAT, _LEAVE, _MESSAGE = Kind.CHAT, Kind.LEAVE, EventKind.MESSAGE
+_SEND, _HISTORY, _ECHO = Kind.SEND, Kind.HISTORY, EventKind.ECHO
+_msg_id = struct.Struct(">I").pack
+# A HISTORY request costs one token, like any datagram, and one more for
+# every HISTORY_PER_TOKEN events it is answered with (docs/security.md).
+HISTORY_PER_TOKEN = 10
 
 CLOSED_HOST_LEFT = "the host left"
 CLOSED_HOST_TIMED_OUT = "the host timed out"
@@ -64,10 +85,13 @@ class Member:
     # they share the object's first cache line.
     __slots__ = (
         "aead", "address", "sent", "name", "name_bytes", "room", "token", "key",
-        "ip", "window", "last_seen", "bucket",
+        "ip", "window", "last_seen", "bucket", "sends", "deliver",
     )
 
-    def __init__(self, name: str, room: Room, ip: str, now: float, bucket: TokenBucket) -> None:
+    def __init__(
+        self, name: str, room: Room, ip: str, now: float, bucket: TokenBucket,
+        deliver: Deliver | None = None,
+    ) -> None:
         self.name = name
         self.name_bytes = name.encode()
         self.room = room
@@ -80,6 +104,8 @@ class Member:
         self.last_seen = now
         self.sent = 0  # the server's nonce counter for this recipient
         self.bucket = bucket  # datagrams this member may still send now
+        self.sends: SendWindow | None = None  # made on the first SEND
+        self.deliver = deliver  # a member with no UDP address of its own
 
     @property
     def is_host(self) -> bool:
@@ -90,15 +116,18 @@ class Member:
 
 
 class Room:
-    __slots__ = ("name", "name_bytes", "password", "members", "host", "seq")
+    __slots__ = ("name", "name_bytes", "password", "members", "host", "seq", "history", "others")
 
-    def __init__(self, name: str, password: PasswordHash | None) -> None:
+    def __init__(self, name: str, password: PasswordHash | None, history: History | None = None) -> None:
         self.name = name
         self.name_bytes = name.encode()
         self.password = password
         self.members: dict[str, Member] = {}
         self.host: Member | None = None
         self.seq = 0
+        self.history = history
+        # Members delivered to through deliver() (browsers), also in members.
+        self.others: list[Member] = []
 
 
 class RoomService:
@@ -121,6 +150,8 @@ class RoomService:
         max_members: int = 250,
         member_rate: float = 20.0,
         member_burst: float = 40.0,
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
         send: Send | None = None,
     ) -> None:
         self.clock = clock
@@ -130,12 +161,24 @@ class RoomService:
         self.max_members = max_members
         self.member_rate = member_rate
         self.member_burst = member_burst
+        self.history = history
+        self.history_bytes = history_bytes
         self.send: Send = send or (lambda data, address: None)
         # Told of each failed send after it is counted; the relay logs the unusual ones.
         self.send_failed: SendFailed = lambda error, address: None
         self.rooms: dict[str, Room] = {}
         self.tokens: dict[bytes, Member] = {}
         self.drops: Counter[str] = Counter()
+        # Plain integers, counted where things happen; read through stats.
+        self.received = 0  # datagrams handed to datagram_received
+        self.echoes = 0
+        self.duplicates = 0  # SENDs already relayed: echoed again, not relayed
+        self.history_requests = 0
+        self.history_events = 0
+        self.expired = 0
+        self._departed_sent = 0  # deliveries to members no longer here
+        # Called with each Room after it closed (the cluster directory).
+        self.on_room_closed: list[Callable[[Room], Any]] = []
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = clock
 
@@ -153,6 +196,22 @@ class RoomService:
         for room in list(self.rooms.values()):
             self._close(room, CLOSED_SHUTDOWN)
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Totals since start, for metrics; computed when read, not counted per delivery."""
+        delivered = self._departed_sent + sum(
+            m.sent for r in self.rooms.values() for m in r.members.values()
+        )
+        return {
+            "received": self.received,
+            "delivered": delivered - self.drops["send"],
+            "echo": self.echoes,
+            "duplicate": self.duplicates,
+            "history_request": self.history_requests,
+            "history_event": self.history_events,
+            "expired": self.expired,
+        }
+
     # -- TCRP side ----------------------------------------------------------
 
     def list_rooms(self) -> list[dict[str, Any]]:
@@ -169,12 +228,14 @@ class RoomService:
             raise ProtocolError(Status.UNAVAILABLE, "the server has all the rooms it can hold")
 
     def create_room(
-        self, room: str, username: str, ip: str, password: PasswordHash | None
+        self, room: str, username: str, ip: str, password: PasswordHash | None,
+        deliver: Deliver | None = None,
     ) -> Member:
         self.check_create(room)
-        r = Room(room, password)
+        history = History(self.history, self.history_bytes) if self.history else None
+        r = Room(room, password, history)
         self.rooms[name_key(room)] = r
-        member = self._add(r, username, ip)
+        member = self._add(r, username, ip, deliver)
         r.host = member
         self.log.info(
             "room {room!r} created by {user!r} from {ip}{locked}",
@@ -189,7 +250,10 @@ class RoomService:
             raise ProtocolError(Status.NOT_FOUND, f"no room named {room!r}")
         return r
 
-    def join_room(self, room: str, username: str, ip: str, expected: Room | None = None) -> Member:
+    def join_room(
+        self, room: str, username: str, ip: str, expected: Room | None = None,
+        deliver: Deliver | None = None,
+    ) -> Member:
         """
         Add a member. C{expected} is the room whose password was checked: if
         the room closed and was created anew meanwhile, the check is void.
@@ -201,7 +265,7 @@ class RoomService:
             raise ProtocolError(Status.CONFLICT, f"username {username!r} is taken in room {r.name!r}")
         if len(r.members) >= self.max_members:
             raise ProtocolError(Status.UNAVAILABLE, f"room {r.name!r} is full")
-        member = self._add(r, username, ip)
+        member = self._add(r, username, ip, deliver)
         self.log.info("{user!r} joined room {room!r} from {ip}", user=username, room=r.name, ip=ip)
         self._broadcast(r, EventKind.JOINED, 0, member.name_bytes, b"", exclude=member)
         return member
@@ -214,14 +278,20 @@ class RoomService:
             "host": member.is_host,
             "members": [m.name for m in member.room.members.values()],
             "timeout": self.timeout,
+            "version": VERSION,
+            "room": member.room.name,
+            "seq": member.room.seq,
+            "history": self.history,
         }
 
-    def _add(self, room: Room, username: str, ip: str) -> Member:
+    def _add(self, room: Room, username: str, ip: str, deliver: Deliver | None = None) -> Member:
         now = self.clock.seconds()
         bucket = TokenBucket(self.member_rate, self.member_burst, now)
-        member = Member(username, room, normalize_ip(ip), now, bucket)
+        member = Member(username, room, normalize_ip(ip), now, bucket, deliver)
         room.members[name_key(username)] = member
         self.tokens[member.token.encode()] = member
+        if deliver is not None:
+            room.others.append(member)
         return member
 
     # -- UDP side -----------------------------------------------------------
@@ -233,6 +303,7 @@ class RoomService:
         tested inline before calling out, as each Python call costs about
         as much as a line of this.
         """
+        self.received += 1
         try:
             envelope = parse_envelope(data)
             member = self.tokens.get(envelope.token)
@@ -259,10 +330,14 @@ class RoomService:
             member.address = address
             if kind != _LEAVE and not member.bucket.take(now):
                 raise DatagramError("flood")
-            if kind == _CHAT:
+            if kind == _SEND:
+                self._say(member, text, number)
+            elif kind == _CHAT:
                 room = member.room
                 room.seq += 1
                 self._broadcast(room, _MESSAGE, room.seq, member.name_bytes, text.encode())
+            elif kind == _HISTORY:
+                self._history(member, number, last)
             elif kind == _LEAVE:
                 self._remove(member, timed_out=False)
         except DatagramError as e:
@@ -271,6 +346,100 @@ class RoomService:
             # A bug must cost one datagram, never the relay.
             self.drops["internal"] += 1
             self.log.failure("internal error on a datagram from {address}", address=address)
+
+    def _say(self, member: Member, text: str, msg_id: int) -> None:
+        """SEND: relay a new msg_id once and ECHO it; ECHO a repeat again."""
+        sends = member.sends
+        if sends is None:
+            sends = member.sends = SendWindow()
+        seq = sends.check(msg_id) if msg_id <= sends.highest else NEW
+        if seq == STALE:
+            raise DatagramError("stale")
+        if seq != NEW:
+            self.duplicates += 1
+        else:
+            room = member.room
+            room.seq += 1
+            seq = room.seq
+            sends.record(msg_id, seq)
+            self._broadcast(room, _MESSAGE, seq, member.name_bytes, text.encode(), exclude=member)
+        self.echoes += 1
+        self._send_to(
+            member,
+            encode_event(_ECHO, seq, int(self.clock.seconds() * 1000), member.name_bytes, _msg_id(msg_id)),
+        )
+
+    def _history(self, member: Member, first: int, last: int) -> None:
+        """HISTORY: resend what the room holds of first..last, to the asker only."""
+        self.history_requests += 1
+        room = member.room
+        if room.history is None:
+            expired = room.seq + 1 if first <= room.seq else None
+            events: list[bytes] = []
+        else:
+            expired, events = room.history.request(first, last, room.seq)
+        if expired is not None:
+            self.expired += 1
+            self._send_to(
+                member,
+                encode_event(EventKind.EXPIRED, expired, int(self.clock.seconds() * 1000), b"", b""),
+            )
+        for event in events:
+            self._send_to(member, event)
+        self.history_events += len(events)
+        # The answer costs the asker's rate budget too: a member cannot
+        # make the server send more than HISTORY_PER_TOKEN x its rate.
+        member.bucket.tokens -= len(events) // HISTORY_PER_TOKEN
+
+    # -- members without a UDP address (browsers) ---------------------------
+
+    def _admit(self, member: Member) -> None:
+        """What an accepted datagram does before its kind: liveness and rate."""
+        if member.room.members.get(name_key(member.name)) is not member:
+            raise DatagramError("unknown")
+        now = self.clock.seconds()
+        member.last_seen = now
+        if not member.bucket.take(now):
+            raise DatagramError("flood")
+
+    def say(self, member: Member, text: str, msg_id: int) -> bool:
+        """
+        A line from a member without UDP, as SEND. False if it was dropped
+        (counted in C{drops} by reason, as a datagram would be).
+        """
+        try:
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise DatagramError("malformed")
+            if not 1 <= size <= MAX_TEXT or not 1 <= msg_id < 2**32:
+                raise DatagramError("malformed")
+            self._admit(member)
+            self._say(member, text, msg_id)
+        except DatagramError as e:
+            self.drops[e.reason] += 1
+            return False
+        return True
+
+    def request_history(self, member: Member, first: int, last: int) -> bool:
+        """HISTORY from a member without UDP; False if dropped (and counted)."""
+        try:
+            if not 1 <= first <= last < 2**64:
+                raise DatagramError("malformed")
+            self._admit(member)
+            self._history(member, first, last)
+        except DatagramError as e:
+            self.drops[e.reason] += 1
+            return False
+        return True
+
+    def touch(self, member: Member) -> None:
+        """Liveness from the member's own transport (a WebSocket pong)."""
+        member.last_seen = self.clock.seconds()
+
+    def leave(self, member: Member) -> None:
+        if member.room.members.get(name_key(member.name)) is member:
+            self._remove(member, timed_out=False)
 
     @staticmethod
     def _names_room(raw: bytes, room: Room) -> bool:
@@ -292,6 +461,8 @@ class RoomService:
         exclude: Member | None = None,
     ) -> None:
         event = encode_event(kind, seq, int(self.clock.seconds() * 1000), name, text)
+        if kind == _MESSAGE and room.history is not None:
+            room.history.add(seq, event)
         send = self.send
         nonce = server_nonce  # seal_server, inlined: this loop runs once per delivery
         for m in room.members.values():
@@ -305,6 +476,32 @@ class RoomService:
             except OSError as e:
                 self.drops["send"] += 1
                 self.send_failed(e, address)
+        if room.others:
+            for m in room.others:
+                if m is not exclude:
+                    m.deliver(event)
+
+    def _send_to(self, member: Member, event: bytes) -> None:
+        """One event to one member, over whichever transport it has."""
+        if member.deliver is not None:
+            member.deliver(event)
+            return
+        address = member.address
+        if address is None:
+            return
+        member.sent += 1
+        n = server_nonce(member.sent)
+        try:
+            self.send(n + member.aead.encrypt(n, event, None), address)
+        except OSError as e:
+            self.drops["send"] += 1
+            self.send_failed(e, address)
+
+    def _forget(self, member: Member) -> None:
+        del self.tokens[member.token.encode()]
+        self._departed_sent += member.sent
+        if member.deliver is not None:
+            member.room.others.remove(member)
 
     def _remove(self, member: Member, timed_out: bool) -> None:
         room = member.room
@@ -316,7 +513,7 @@ class RoomService:
             self._close(room, CLOSED_HOST_TIMED_OUT if timed_out else CLOSED_HOST_LEFT)
             return
         del room.members[name_key(member.name)]
-        del self.tokens[member.token.encode()]
+        self._forget(member)
         kind = EventKind.TIMED_OUT if timed_out else EventKind.LEFT
         self.log.info(
             "{user!r} {how} room {room!r}", user=member.name, room=room.name,
@@ -327,11 +524,18 @@ class RoomService:
     def _close(self, room: Room, reason: str) -> None:
         """Tell everyone, then forget the room and invalidate its tokens."""
         self._broadcast(room, EventKind.CLOSED, 0, room.host.name_bytes, reason.encode())
-        for m in room.members.values():
-            del self.tokens[m.token.encode()]
+        for m in list(room.members.values()):
+            self._forget(m)
         room.members.clear()
+        if room.history is not None:
+            room.history.clear()
         del self.rooms[name_key(room.name)]
         self.log.info("room {room!r} closed: {reason}", room=room.name, reason=reason)
+        for hook in self.on_room_closed:
+            try:
+                hook(room)
+            except Exception:
+                self.log.failure("room-closed hook failed for {room!r}", room=room.name)
 
     def sweep(self) -> None:
         """Remove every member silent for C{timeout} seconds."""

@@ -92,6 +92,12 @@ class Options(usage.Options):
          "Datagrams a second per member, on average (0: no limit); the rest are dropped.",
          _number("member-rate", float, 0)],
         ["member-burst", None, "40", "Datagrams one member may send at once.", _number("member-burst", int, 1)],
+        ["history", None, "100",
+         "Recent messages each room keeps for HISTORY (protocol 1.1; 0: none).",
+         _number("history", int, 0, 100_000)],
+        ["history-bytes", None, "65536",
+         "Bytes of recent messages each room keeps at most, overhead included.",
+         _number("history-bytes", int, 4096, 64 * 1024 * 1024)],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics and a health check at /healthz on this "
          "Twisted server endpoint, e.g. tcp:9102:interface=127.0.0.1 (default: off; "
@@ -170,6 +176,8 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
         max_members=config["max-members"],
         member_rate=config["member-rate"],
         member_burst=config["member-burst"],
+        history=config["history"],
+        history_bytes=config["history-bytes"],
     )
     tcrp = TCRPFactory(
         rooms,

@@ -39,7 +39,9 @@ class Peer:
         return [open_server(self.aead, d)[1] for d in mine]
 
 
-class RoomServiceTests(SynchronousTestCase):
+class RoomFixture(SynchronousTestCase):
+    """A room service on a fake clock whose sends are recorded, and peers to drive it."""
+
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
@@ -65,6 +67,8 @@ class RoomServiceTests(SynchronousTestCase):
     def kinds(self, peer):
         return [(e.kind, e.name, e.text) for e in peer.events()]
 
+
+class RoomServiceTests(RoomFixture):
     def test_complete_body(self):
         alice = self.create()
         body = alice.body

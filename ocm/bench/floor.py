@@ -2,10 +2,12 @@
 The floor: the least Python that does the daemon's per-datagram work, to
 measure ocm against. One process, no Twisted: a blocking C{recvfrom} loop
 that finds the member by token, opens the datagram (one AES-GCM decrypt),
-and for a CHAT seals the event once per member and C{sendto}s it.
+and for a SEND (or a version 1 CHAT) seals the event once per member and
+C{sendto}s it: MESSAGE to the others, ECHO to the sender, as ocm does.
 
 It skips what a real server must do and costs little (the replay window,
-the token's IP, liveness, events other than MESSAGE), so ocm can only come
+the msg_id window, history, the token's IP, liveness, rate limits, events
+other than MESSAGE and ECHO), so ocm can only come
 close to it, never pass it. Joins come in over plain TCRP, served one at a
 time by a thread with the same codec the daemon uses; join speed is not
 what the floor is for.
@@ -140,19 +142,26 @@ class Floor:
             except (IndexError, ValueError, InvalidTag):
                 return
             member.address = address
-            if inner[:1] != b"\x01":
+            kind = inner[:1]
+            if kind == b"\x05":  # SEND: MESSAGE to the others, ECHO to the sender
+                text, echo_text = inner[5:], inner[1:5]
+            elif kind == b"\x01":  # CHAT: MESSAGE to all
+                text, echo_text = inner[1:], None
+            else:
                 return
             room = member.room
             room.seq += 1
             name = member.name
-            event = head(1, room.seq, int(clock() * 1000), len(name)) + name + inner[1:]
+            now_ms = int(clock() * 1000)
+            event = head(1, room.seq, now_ms, len(name)) + name + text
+            echo = event if echo_text is None else head(9, room.seq, now_ms, len(name)) + name + echo_text
             for m in room.members:
                 to = m.address
                 if to is not None:
                     m.sent += 1
                     n = nonce(2, m.sent)
                     try:
-                        sendto(n + m.aead.encrypt(n, event, None), to)
+                        sendto(n + m.aead.encrypt(n, echo if m is member else event, None), to)
                     except OSError:
                         pass
 

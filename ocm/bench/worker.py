@@ -1,7 +1,8 @@
 """
 The generator's UDP side: one plain-socket process (no Twisted, no event
-objects) that sends sealed CHAT datagrams for its share of the members at a
-fixed rate and reads the events of a few members per room.
+objects) that sends sealed SEND datagrams (protocol 1.1, what clients send)
+for its share of the members at a fixed rate and reads the events of a few
+members per room: the MESSAGEs of others and the ECHOs of its own sends.
 
 It talks to the orchestrator in JSON lines: a config on stdin, then
 C{{"ready": ...}} on stdout, then a C{{"start_at": <monotonic>}} line on stdin,
@@ -27,7 +28,7 @@ from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ocm.datagram import HEARTBEAT, DatagramError, EventKind, chat, open_server, seal_client
+from ocm.datagram import HEARTBEAT, DatagramError, EventKind, open_server, seal_client, send
 
 # Latency histogram: 100 µs buckets up to 10 s, then one overflow bucket.
 BUCKET_US = 100
@@ -41,7 +42,7 @@ READER_BUFFER = 4 * 1024 * 1024
 
 
 class Sender:
-    __slots__ = ("room_index", "room", "token", "aead", "counter", "sock")
+    __slots__ = ("room_index", "room", "token", "aead", "counter", "sock", "msg_id", "measured_from")
 
     def __init__(self, room_index: int, room: bytes, token: bytes, key: bytes, sock: socket.socket) -> None:
         self.room_index = room_index
@@ -50,6 +51,10 @@ class Sender:
         self.aead = AESGCM(key)
         self.counter = 0
         self.sock = sock
+        self.msg_id = 0
+        # The first msg_id sent in the measured phase: an ECHO of it or a
+        # later one is a measured delivery (an ECHO carries no text to tag).
+        self.measured_from = 0
 
     def seal(self, inner: bytes) -> bytes:
         self.counter += 1
@@ -57,12 +62,13 @@ class Sender:
 
 
 class Reader:
-    __slots__ = ("sock", "aead", "room_index")
+    __slots__ = ("sock", "aead", "room_index", "sender")
 
     def __init__(self, sock: socket.socket, key: bytes, room_index: int) -> None:
         self.sock = sock
         self.aead = AESGCM(key)
         self.room_index = room_index
+        self.sender: Sender | None = None  # the member this reader is
 
 
 def _cpu() -> float:
@@ -99,9 +105,12 @@ class Worker:
                     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READER_BUFFER)
                     sock.bind((config.get("bind", "0.0.0.0"), 0))
-                    self.readers[sock.fileno()] = Reader(sock, key, room_index)
+                    reader = self.readers[sock.fileno()] = Reader(sock, key, room_index)
                     readers += 1
-                self.senders.append(Sender(room_index, room_bytes, token.encode(), key, sock))
+                sender = Sender(room_index, room_bytes, token.encode(), key, sock)
+                if is_reader:
+                    reader.sender = sender
+                self.senders.append(sender)
             self.room_readers.append(readers)
         rooms = len(self.room_readers)
         self.sent = [0] * rooms  # measured messages sent, per room
@@ -142,6 +151,11 @@ class Worker:
                 _, event = open_server(aead, data)
             except DatagramError:
                 self.undecodable += 1
+                continue
+            if event.kind == EventKind.ECHO:
+                sender = reader.sender
+                if sender.measured_from and event.msg_id >= sender.measured_from:
+                    self.received[reader.room_index] += 1
                 continue
             if event.kind != EventKind.MESSAGE or event.text[:1] != TAG_MEASURED:
                 continue
@@ -187,8 +201,11 @@ class Worker:
                     s = senders[k % count]
                     k += 1
                     text = f"{tag}{monotonic_ns():016x}{pad}"
+                    s.msg_id += 1
+                    if measured and not s.measured_from:
+                        s.measured_from = s.msg_id
                     try:
-                        s.sock.sendto(s.seal(chat(text)), server)
+                        s.sock.sendto(s.seal(send(s.msg_id, text)), server)
                     except OSError:
                         send_errors += 1
                         continue

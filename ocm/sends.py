@@ -1,0 +1,52 @@
+"""
+Acknowledged sends (PROTOCOL 1.1 §2, SEND): per member, which msg_ids were
+relayed and the seq each got, so a retransmission is answered with the same
+ECHO and relayed to no one.
+
+The replay window's idea (ocm/replay.py) for msg_ids, with a seq per slot
+instead of a bit: C{highest} and the 64 below it, in a ring of 65 8-byte
+slots (about 600 bytes, made on a member's first SEND, so a version 1
+member never pays for it).
+"""
+
+from __future__ import annotations
+
+from array import array
+
+WINDOW = 64
+_SLOTS = WINDOW + 1
+_EMPTY = bytes(8 * _SLOTS)
+
+NEW = 0  # relay it
+STALE = -1  # more than WINDOW below the highest: drop
+
+
+class SendWindow:
+    __slots__ = ("highest", "_seqs")
+
+    def __init__(self) -> None:
+        self.highest = 0
+        self._seqs = array("Q", _EMPTY)
+
+    def check(self, msg_id: int) -> int:
+        """The seq C{msg_id} was relayed as, or L{NEW}, or L{STALE}."""
+        if msg_id > self.highest:
+            return NEW
+        if self.highest - msg_id > WINDOW:
+            return STALE
+        return self._seqs[msg_id % _SLOTS]
+
+    def record(self, msg_id: int, seq: int) -> None:
+        """Remember that C{msg_id} (which L{check} called new) got C{seq}."""
+        seqs = self._seqs
+        if msg_id > self.highest:
+            # Slots of the msg_ids the window moves past now belong to ids
+            # not yet seen: empty them.
+            jump = msg_id - self.highest
+            if jump >= _SLOTS:
+                self._seqs = seqs = array("Q", _EMPTY)
+            else:
+                for m in range(self.highest + 1, msg_id):
+                    seqs[m % _SLOTS] = 0
+            self.highest = msg_id
+        seqs[msg_id % _SLOTS] = seq

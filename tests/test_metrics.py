@@ -23,6 +23,9 @@ from tests import wire
 from tests.daemon import DaemonMixin
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# PROTOCOL §2 and §3, version 1.1
+HISTORY, SEND = 0x04, 0x05
+HISTORY_EVENT, ECHO, EXPIRED = 0x08, 0x09, 0x0A
 
 
 def sample(samples: Samples, name: str, **labels: str) -> float:
@@ -110,12 +113,10 @@ class MetricsTests(DaemonMixin, TestCase):
             self.assertEqual(sample(after, "ocm_join_duration_seconds_bucket", operation=op, le="+Inf"), 1, op)
             self.assertGreater(sample(after, "ocm_join_duration_seconds_sum", operation=op), 0, op)
             self.assertLess(sample(after, "ocm_join_duration_seconds_sum", operation=op), wire.WAIT, op)
-        if hasattr(self.svc.rooms, "stats"):
-            # The room service's counters (RoomService.stats): alice's and
-            # bob's HEARTBEATs and the chat were accepted, the chat
-            # delivered to both of them.
-            self.assertGreaterEqual(sample(after, "ocm_datagrams_received_total"), 5)
-            self.assertGreaterEqual(sample(after, "ocm_deliveries_total"), 2)
+        # Two HEARTBEATs, the two bad datagrams and the chat; JOINED to
+        # alice, then the chat to both.
+        self.assertEqual(sample(after, "ocm_datagrams_received_total"), 5)
+        self.assertEqual(sample(after, "ocm_deliveries_total"), 3)
 
         # Members leave: the gauges come down.
         bob.leave()
@@ -124,20 +125,37 @@ class MetricsTests(DaemonMixin, TestCase):
         later = await self.scrape()
         self.assertEqual((sample(later, "ocm_rooms"), sample(later, "ocm_members")), (1, 1))
 
-    async def test_deliveries_counted(self) -> None:
-        self.start()
-        if not hasattr(self.svc.rooms, "stats"):
-            self.skipTest("this RoomService keeps no stats (deliveries, echoes, history) yet")
-        before = await self.scrape()
+    async def test_sends_echoes_and_history_repairs(self) -> None:
+        """Protocol 1.1: a SEND, its retransmission, and a HISTORY partly expired."""
+        self.start("--history", "1")
         alice = await self.enter("Lobby", "alice", create=True)
         bob = await self.enter("Lobby", "bob")
         await alice.event()  # JOINED bob
-        alice.chat("one")
-        await bob.event()
-        await alice.event()
-        after = await self.scrape()
-        # JOINED to alice, then the MESSAGE to both.
-        self.assertEqual(sample(after, "ocm_deliveries_total") - sample(before, "ocm_deliveries_total"), 3)
+
+        def send(msg_id: int, text: str) -> None:
+            alice.send(alice.seal(bytes((SEND,)) + msg_id.to_bytes(4, "big") + text.encode()))
+
+        send(1, "one")
+        self.assertEqual((await alice.event()).kind, ECHO)
+        self.assertEvent(await bob.event(), wire.MESSAGE, "alice", "one", seq=1)
+        send(1, "one")  # a retransmission: echoed again, relayed to no one
+        echo = await alice.event()
+        self.assertEqual((echo.kind, echo.seq), (ECHO, 1))
+        send(2, "two")
+        self.assertEqual((await alice.event()).kind, ECHO)
+        self.assertEvent(await bob.event(), wire.MESSAGE, "alice", "two", seq=2)
+        bob.send(bob.seal(bytes((HISTORY,)) + (1).to_bytes(8, "big") + (2).to_bytes(8, "big")))
+        self.assertEqual((await bob.event()).kind, EXPIRED)
+        self.assertEvent(await bob.event(), HISTORY_EVENT, "alice", "two", seq=2)
+
+        samples = await self.scrape()
+        self.assertEqual(sample(samples, "ocm_echoes_total"), 3)
+        self.assertEqual(sample(samples, "ocm_send_duplicates_total"), 1)
+        self.assertEqual(sample(samples, "ocm_history_requests_total"), 1)
+        self.assertEqual(sample(samples, "ocm_history_events_total"), 1)
+        self.assertEqual(sample(samples, "ocm_history_expired_total"), 1)
+        # JOINED, three ECHOs, two MESSAGEs, EXPIRED and HISTORY.
+        self.assertEqual(sample(samples, "ocm_deliveries_total"), 8)
 
     async def test_tls_handshake_failure_counted(self) -> None:
         self.start()

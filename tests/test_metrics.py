@@ -12,10 +12,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, endpoints, reactor
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
 
 from ocm import metrics as ocm_metrics
 from ocm.tap import Options
@@ -57,8 +58,6 @@ class MetricsTests(DaemonMixin, TestCase):
         self.http = f"http://127.0.0.1:{self.svc.metrics.getHost().port}"
 
     async def get(self, path: str, accept: str | None = None) -> tuple[int, str, bytes]:
-        from twisted.web.http_headers import Headers
-
         headers = Headers({"Accept": [accept]}) if accept else None
         response = await self.agent.request(b"GET", (self.http + path).encode(), headers)
         body = await readBody(response)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, endpoints, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
 from ocm.service import OcmService

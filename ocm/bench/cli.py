@@ -57,7 +57,11 @@ async def spawned_run(reactor: Any, load: Load, kind: str, options: Any, status:
         target = Target(kind, options["host"], server.tcp_port, server.tls, server.pid, pin)
         result = await run_once(reactor, load, target, status, pin=None if pin is None else other)
         if kind == "ocm" and options["scrape"] is not None:
-            result["scrapes"] = {"ok": server.scrapes, "failed": server.scrape_errors}
+            times = sorted(server.scrape_ms)
+            result["scrapes"] = {
+                "ok": server.scrapes, "failed": server.scrape_errors,
+                "p50_ms": times[len(times) // 2] if times else None,
+            }
         return result
     finally:
         await server.stop()

@@ -79,7 +79,11 @@ def format_run(r: dict[str, Any]) -> str:
             f"{cpu['server_cpu_softirq_pct']:.0f}% (mostly loopback delivery of the daemon's own sends)"
         )
     if "scrapes" in r:
-        lines.append(f"  metrics     scraped {r['scrapes']['ok']} times ({r['scrapes']['failed']} failed)")
+        sc = r["scrapes"]
+        lines.append(
+            f"  metrics     scraped {sc['ok']} times ({sc['failed']} failed), "
+            f"{_num(sc.get('p50_ms'), '{:.1f}')} ms p50 (request to body, seen by the bench)"
+        )
     return "\n".join(lines)
 
 

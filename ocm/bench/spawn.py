@@ -104,6 +104,7 @@ class Server:
         self.dir = tempfile.mkdtemp(prefix=f"ocm-bench-{kind}-")
         self.scrape_every = scrape if kind == "ocm" else None
         self.scrapes = self.scrape_errors = 0
+        self.scrape_ms: list[float] = []
         if kind in ("floor", "floor-twisted", "ocm-plain"):
             args = ["-m", "ocm.bench.floor", "--host", host,
                     "--tcp", str(self.tcp_port), "--udp", str(self.udp_port)]
@@ -174,6 +175,7 @@ class Server:
         from twisted.web.client import Agent, readBody
 
         url = f"http://{self.host}:{self.metrics_port}/metrics".encode()
+        start = self.reactor.seconds()
         try:
             response = await Agent(self.reactor).request(b"GET", url)
             body = await readBody(response)
@@ -182,6 +184,7 @@ class Server:
             ok = False
         if ok:
             self.scrapes += 1
+            self.scrape_ms.append((self.reactor.seconds() - start) * 1000)
         else:
             self.scrape_errors += 1
 

@@ -109,6 +109,20 @@ class OcmCollector(Collector):
         for key, name, doc in STATS:
             yield CounterMetricFamily(name[: -len("_total")], doc, value=stats.get(key, 0))
 
+        # The password-hashing pool, where the daemon has one (OcmService.hashing).
+        pool = getattr(svc, "hashing", None)
+        if pool is not None:
+            yield GaugeMetricFamily("ocm_password_hashes_running", "Password hashes running now.",
+                                    value=getattr(pool, "running", 0))
+            yield GaugeMetricFamily("ocm_password_hashes_queued", "Password hashes waiting for a thread now.",
+                                    value=getattr(pool, "queued", 0))
+            yield CounterMetricFamily("ocm_password_hashes", "Password hashes and checks done.",
+                                      value=getattr(pool, "done", 0))
+            yield CounterMetricFamily(
+                "ocm_password_hashes_refused", "Password hashes refused with a full queue (503 with retry_after).",
+                value=getattr(pool, "refused", 0),
+            )
+
 
 def _gauge(name: str, doc: str, labels: list[str], samples: list[tuple[list[str], float]]) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=labels)

@@ -203,6 +203,22 @@ class MetricsTests(DaemonMixin, TestCase):
         with self.assertRaises(Exception):
             await self.get("/healthz")
 
+    async def test_password_hashing_pool(self) -> None:
+        """A daemon with a hashing pool (OcmService.hashing) shows its load."""
+        self.start()
+        self.assertNotIn("ocm_password_hashes_queued", {n for n, _ in await self.scrape()})
+
+        class Pool:  # what the collector reads of one
+            running, queued, done, refused = 2, 5, 40, 3
+
+        self.svc.hashing = Pool()
+        samples = await self.scrape()
+        self.assertEqual(
+            [sample(samples, n) for n in ("ocm_password_hashes_running", "ocm_password_hashes_queued",
+                                           "ocm_password_hashes_total", "ocm_password_hashes_refused_total")],
+            [2, 5, 40, 3],
+        )
+
     async def test_not_found(self) -> None:
         self.start()
         self.assertEqual((await self.get("/nothing"))[0], 404)

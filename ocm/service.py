@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from ocm.hashing import HashPool
 from ocm.relay import Relay, enlarge_buffers
 from ocm.rooms import RoomService
+from ocm.systemd import Notifier
 from ocm.tcrp_server import TCRPFactory
 
 
@@ -27,6 +28,9 @@ class OcmService(service.Service):
     Binds both ports in C{privilegedStartService} (before twistd drops
     privileges), starts the liveness sweep, and on stop sends CLOSED to every
     member while the UDP socket is still open, then closes the ports.
+    Tells systemd when it is ready and when it stops (L{Notifier}); with
+    C{metrics_factory} set, serves it (ocm.metrics) on C{metrics_endpoint}
+    until both other ports are closed.
     """
 
     log = Logger()
@@ -35,6 +39,10 @@ class OcmService(service.Service):
     # --web: (endpoint, factory, chat factory), set by makeService; its port.
     web: tuple[Any, Any, Any] | None = None
     web_port: IListeningPort | None = None
+    metrics: IListeningPort | None = None
+    metrics_endpoint: IStreamServerEndpoint | None = None
+    metrics_factory: Any = None
+    stopping = False
 
     def __init__(
         self,
@@ -48,6 +56,7 @@ class OcmService(service.Service):
         banner: list[str] | None = None,
         hashing: HashPool | None = None,
         directory: Any = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.rooms = rooms
         # Cluster mode: the room directory (ocm.cluster.directory), else None.
@@ -64,6 +73,7 @@ class OcmService(service.Service):
         self.reactor = reactor
         self.banner = banner or []
         self.hashing = hashing
+        self.notifier = notifier or Notifier(None)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -96,9 +106,22 @@ class OcmService(service.Service):
                     results[0].raiseException()
                 raise RuntimeError("the web endpoint did not listen at once")
             self.web_port = results[0]
+        if self.metrics_factory is not None:
+            results = []
+            self.metrics_endpoint.listen(self.metrics_factory).addBoth(results.append)
+            if not results or isinstance(results[0], Failure):
+                for port in (self.tcp, self.udp, self.web_port):
+                    if port is not None:
+                        port.stopListening()
+                self.tcp = self.udp = self.web_port = None
+                if results:
+                    results[0].raiseException()
+                raise RuntimeError("the metrics endpoint did not listen at once")
+            self.metrics = results[0]
 
     def startService(self) -> None:
         self._listen()
+        self.stopping = False
         super().startService()
         if self.hashing is not None:
             self.hashing.start()
@@ -114,6 +137,32 @@ class OcmService(service.Service):
             self.log.info("{line}", line=line)
         if self.directory is not None:
             self.directory.start(self.tcp_port)
+        if self.metrics is not None:
+            self.log.info("metrics on http://{where}/metrics", where=_where(self.metrics))
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        """Both ports listen and the reactor turns: tell systemd, start its watchdog."""
+        if not self.running:
+            return
+        self.notifier.notify("READY=1", "STATUS=" + self.status())
+        self.notifier.start_watchdog(self.reactor)
+
+    def status(self) -> str:
+        """One line for systemctl status: what is served, and how busy."""
+        tls = "TLS" if self.tcp_factory is not self.tcrp else "plain TCP"
+        metrics = f", metrics on {_where(self.metrics)}" if self.metrics is not None else ""
+        return (
+            f"TCRP ({tls}) on {_where(self.tcp)}, UDP on port {self.rooms.udp_port}{metrics}; "
+            f"{len(self.rooms.rooms)} rooms, {len(self.rooms.tokens)} members"
+        )
+
+    def healthy(self) -> bool:
+        """Running, not stopping, and both chat listeners up."""
+        return (
+            self.running and not self.stopping
+            and all(p is not None and getattr(p, "connected", True) for p in (self.tcp, self.udp))
+        )
 
     def minutely(self) -> None:
         """Forget idle rate-limit state; log what was dropped, if anything."""
@@ -121,6 +170,8 @@ class OcmService(service.Service):
         counts = self.counts()
         moved = counts - self._reported
         self._reported = counts
+        if self.notifier.enabled:
+            self.notifier.notify("STATUS=" + self.status())
         if moved:
             self.log.info(
                 "in the last minute, dropped or refused: {summary}",
@@ -141,6 +192,9 @@ class OcmService(service.Service):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        self.stopping = True
+        self.notifier.stop_watchdog()
+        self.notifier.notify("STOPPING=1", "STATUS=closing rooms")
         if self._minutely.running:
             self._minutely.stop()
         self.rooms.stop()
@@ -154,4 +208,21 @@ class OcmService(service.Service):
             if port is not None:
                 waits.append(defer.maybeDeferred(port.stopListening))
         self.tcp = self.udp = self.web_port = None
-        return defer.gatherResults(waits)
+        # /healthz says 503 until the chat ports are closed, then goes too.
+        d = defer.gatherResults(waits)
+        d.addBoth(self._close_metrics)
+        return d
+
+    def _close_metrics(self, result: Any) -> Any:
+        port, self.metrics = self.metrics, None
+        if port is None:
+            return result
+        return defer.maybeDeferred(port.stopListening).addCallback(lambda _: result)
+
+
+def _where(port: IListeningPort | None) -> str:
+    address = port.getHost() if port is not None else None
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(getattr(address, "name", address))
+    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"

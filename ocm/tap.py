@@ -19,6 +19,7 @@ from ocm.cluster.url import parse_redis_url
 from ocm.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
 from ocm.rooms import RoomService
 from ocm.service import OcmService
+from ocm.systemd import Notifier
 from ocm.tcrp_server import TCRPFactory
 from ocm.web import daemon as web
 
@@ -169,6 +170,10 @@ class Options(usage.Options):
          "With --redis: seconds the directory keeps this node's rooms unless refreshed "
          "(every third of it); a dead node's rooms are forgotten within this.",
          _number("redis-ttl", float, 0.3, 3600)],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics and a health check at /healthz on this "
+         "Twisted server endpoint, e.g. tcp:9102:interface=127.0.0.1 (default: off; "
+         "needs the metrics extra, pip install 'ocm[metrics]')."],
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
@@ -207,6 +212,7 @@ class Options(usage.Options):
             if path and not os.access(path, os.R_OK):
                 raise usage.UsageError(f"--{option}: cannot read {path!r}")
         self._cluster_options()
+        self._check_metrics()
 
     def _cluster_options(self) -> None:
         if self["redis"] is None:
@@ -234,8 +240,32 @@ class Options(usage.Options):
             raise usage.UsageError(f"--advertise: {advertise!r} is not a host name or address")
         self["advertise"] = advertise
 
+    def _check_metrics(self) -> None:
+        metrics = self["metrics"]
+        if metrics is None:
+            return
+        metrics = self["metrics"] = metrics.strip()
+        if not metrics or metrics.isdigit():
+            raise usage.UsageError(
+                f"--metrics: {metrics!r} is not an endpoint string; "
+                "give one such as tcp:9102:interface=127.0.0.1"
+            )
+        try:
+            parsed = endpoints._parseServer(metrics, None)
+        except Exception as e:
+            raise usage.UsageError(f"--metrics: {metrics!r} is not a server endpoint string ({e})")
+        if parsed == endpoints._parseServer(self["tcp-endpoint"], None) and parsed[1][:1] != (0,):
+            raise usage.UsageError(f"--metrics: {metrics!r} is the TCRP listener's endpoint (--tcp)")
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise usage.UsageError(
+                "--metrics: the prometheus_client package is not installed (pip install 'ocm[metrics]')"
+            )
 
-def makeService(config: Options, reactor: Any = None) -> OcmService:
+
+def makeService(config: Options, reactor: Any = None, environ: Any = None) -> OcmService:
+    """The daemon; C{environ} (default os.environ) is where systemd's variables are read."""
     if reactor is None:
         from twisted.internet import reactor
     banner: list[str] = []
@@ -298,7 +328,7 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
         banner.append(f"cluster mode: room directory in {config['redis-address'].shown}")
     service = OcmService(
         rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner,
-        hashing=hashing, directory=directory,
+        hashing=hashing, directory=directory, notifier=Notifier.from_environ(environ),
     )
     if config["web"] is not None:
         service.web = web.make_listener(
@@ -308,6 +338,11 @@ def makeService(config: Options, reactor: Any = None) -> OcmService:
             "web chat page: " + ("plain HTTP, for a reverse proxy" if config["web-no-tls"] else "HTTPS")
             + f" on {config['web-endpoint']}"
         )
+    if config["metrics"]:
+        from ocm import metrics
+
+        service.metrics_endpoint = endpoints.serverFromString(reactor, config["metrics"])
+        service.metrics_factory = metrics.site(service)
     return service
 
 

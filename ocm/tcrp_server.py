@@ -9,10 +9,12 @@ import math
 from collections import Counter
 from typing import Any, Callable
 
+from OpenSSL import SSL
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ocm import passwords
 from ocm.limits import Buckets, address_key
@@ -125,12 +127,15 @@ async def check_password(
     raise ProtocolError(Status.UNAUTHORIZED, f"wrong password for room {room.name!r}")
 
 
+@implementer(IHandshakeListener)
 class TCRPServerProtocol(Protocol):
     factory: TCRPFactory
     log = Logger()
 
     def __init__(self) -> None:
         self._deadline: IDelayedCall | None = None
+        self._handshaken = False
+        self._started = 0.0
         self._answered = False
         self._counted = False
         self._refusing = False
@@ -143,6 +148,7 @@ class TCRPServerProtocol(Protocol):
         self.parser = RequestParser(f.max_payload)
         self.peer_ip = normalize_ip(getattr(self.transport.getPeer(), "host", ""))
         self.limit_key = address_key(self.peer_ip)
+        self._started = f.clock.seconds()
         # The deadline covers the TLS handshake too: it starts at accept.
         self._deadline = f.clock.callLater(f.request_timeout, self._timed_out)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -170,7 +176,6 @@ class TCRPServerProtocol(Protocol):
         now = f.clock.seconds()
         bucket = f.requests.get(self.limit_key, now) if f.requests.rate else None
         if bucket is not None and not bucket.take(now):
-            f.limited["request_rate"] += 1
             self._rate_refusal = ProtocolError(
                 Status.TOO_MANY, "too many requests from your address; slow down",
                 retry_after=bucket.wait(now),
@@ -182,6 +187,7 @@ class TCRPServerProtocol(Protocol):
         try:
             request = self.parser.feed(data)
             if self._rate_refusal is not None and self.parser.header is not None:
+                self.factory.limited["request_rate"] += 1
                 raise self._rate_refusal
         except ProtocolError as e:
             self._refuse(e)
@@ -205,6 +211,10 @@ class TCRPServerProtocol(Protocol):
             encode_response(op, room_bytes, Status.OK, _OK_MESSAGES[request.op])
             + encode_complete(op, room_bytes, body)
         )
+        f = self.factory
+        f.answered[op, Status.OK] += 1
+        if f.on_joined is not None and request.op != Op.LIST_ROOMS:
+            f.on_joined(request.op, f.clock.seconds() - self._started)
         self._finish()
 
     def _refuse(self, error: ProtocolError) -> None:
@@ -216,6 +226,7 @@ class TCRPServerProtocol(Protocol):
             status=error.status, ip=self.peer_ip, why=error.message,
         )
         self.factory.refusals[error.status] += 1
+        self.factory.answered[op, error.status] += 1
         if self.connected:
             self.transport.write(
                 encode_response(
@@ -246,8 +257,13 @@ class TCRPServerProtocol(Protocol):
             self._deadline.cancel()
         self._deadline = None
 
+    def handshakeCompleted(self) -> None:
+        self._handshaken = True
+
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = False
+        if not self._handshaken and reason is not None and reason.check(SSL.Error):
+            self.factory.tls_failures += 1
         self._cancel_deadline()
         if self._counted:
             self._counted = False
@@ -300,6 +316,14 @@ class TCRPFactory(Factory):
         # max_refusing they are dropped without an answer.
         self.refusing = 0
         self.max_refusing = 256
+        # For the metrics (ocm.metrics reads them when scraped): answers by
+        # (operation, status), refusals by limit, failed TLS handshakes, and
+        # a hook told of each COMPLETE of a CREATE or JOIN with its seconds
+        # since accept.
+        self.answered: Counter[tuple[int, int]] = Counter()
+        self.limited: Counter[str] = Counter()
+        self.tls_failures = 0
+        self.on_joined: Callable[[Op, float], None] | None = None
 
     def admit(self, ip: str) -> bool:
         """

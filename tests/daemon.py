@@ -23,7 +23,8 @@ def run_daemon(test: Any, *args: str, data_dir: Path) -> OcmService:
         "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "0",
         "--interface", "127.0.0.1", "--data-dir", str(data_dir), *args,
     ])
-    svc = makeService(options)
+    # No systemd variables: a test run under a systemd unit must not notify it.
+    svc = makeService(options, environ={})
     svc.privilegedStartService()
     svc.startService()
     test.addCleanup(lambda: svc.running and svc.stopService())

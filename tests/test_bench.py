@@ -82,6 +82,16 @@ class CommandLineTests(TestCase):
         self.assertGreater(report["ratio"]["deliveries_per_s"], 0)
 
     @defer.inlineCallbacks
+    def test_scrape_serves_and_reads_metrics(self):
+        """--scrape: the spawned daemon serves --metrics and is scraped during the run."""
+        out, err, code = yield self.bench("--spawn", "--no-tls", "--json", "--scrape", "0.2", *SMALL)
+        self.assertEqual(code, 0, err.decode())
+        result = json.loads(out)
+        assert_clean_run(self, result)
+        self.assertGreater(result["scrapes"]["ok"], 0)
+        self.assertEqual(result["scrapes"]["failed"], 0)
+
+    @defer.inlineCallbacks
     def test_usage_error_names_what_is_missing(self):
         out, err, code = yield self.bench("--rooms", "2")
         self.assertEqual(code, 2)

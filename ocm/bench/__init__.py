@@ -85,6 +85,9 @@ class Options(usage.Options):
          "Start a redis-server and this many ocm nodes sharing it (--spawn implied): room i is "
          "created on node i mod N, every guest joins through the next node (a 307 first); "
          "daemon CPU is the nodes' and Redis's.", _positive(int)],
+        ["scrape", None, None,
+         "With --spawn: the ocm server also serves --metrics, scraped every this many seconds "
+         "while it runs (to measure what metrics cost).", _positive(float)],
     ]
     optFlags = [
         ["spawn", None, "Start the server (python -m twisted ocm, limits raised) on free loopback ports."],

@@ -71,7 +71,7 @@ async def cluster_run(reactor: Any, load: Load, options: Any, status: StatusLine
 
 async def spawned_run(reactor: Any, load: Load, kind: str, options: Any, status: StatusLine) -> dict[str, Any]:
     tls = not options["no-tls"]
-    server = Server(reactor, kind, options["host"], tls, load.rooms, load.members)
+    server = Server(reactor, kind, options["host"], tls, load.rooms, load.members, scrape=options["scrape"])
     pin = options["pin"]
     try:
         if pin is not None:
@@ -81,7 +81,14 @@ async def spawned_run(reactor: Any, load: Load, kind: str, options: Any, status:
             os.sched_setaffinity(0, {other})
         await server.ready()
         target = Target(kind, options["host"], server.tcp_port, server.tls, server.pid, pin)
-        return await run_once(reactor, load, target, status, pin=None if pin is None else other)
+        result = await run_once(reactor, load, target, status, pin=None if pin is None else other)
+        if kind == "ocm" and options["scrape"] is not None:
+            times = sorted(server.scrape_ms)
+            result["scrapes"] = {
+                "ok": server.scrapes, "failed": server.scrape_errors,
+                "p50_ms": times[len(times) // 2] if times else None,
+            }
+        return result
     finally:
         await server.stop()
 

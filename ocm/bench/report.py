@@ -80,6 +80,12 @@ def format_run(r: dict[str, Any]) -> str:
             f"  cpu{cpu['server_cpu']:<8} {cpu['server_cpu_busy_pct']:.0f}% busy, of which softirq "
             f"{cpu['server_cpu_softirq_pct']:.0f}% (mostly loopback delivery of the daemon's own sends)"
         )
+    if "scrapes" in r:
+        sc = r["scrapes"]
+        lines.append(
+            f"  metrics     scraped {sc['ok']} times ({sc['failed']} failed), "
+            f"{_num(sc.get('p50_ms'), '{:.1f}')} ms p50 (request to body, seen by the bench)"
+        )
     return "\n".join(lines)
 
 

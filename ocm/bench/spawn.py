@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, endpoints, protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 
 import ocm
 
@@ -96,7 +96,7 @@ class Server:
     def __init__(
         self, reactor: Any, kind: str, host: str, tls: bool, rooms: int, members: int,
         extra: list[str] | tuple[str, ...] | None = None, source: str | None = None,
-        traced: str | None = None,
+        traced: str | None = None, scrape: float | None = None,
     ) -> None:
         """
         @param extra: more C{twistd ocm} options (they win over the bench's),
@@ -105,6 +105,7 @@ class Server:
             on the path), e.g. another checkout for a before/after figure.
         @param traced: run it under L{ocm.bench.traced}, snapshots to this
             directory.
+        @param scrape: serve --metrics, to be scraped this often.
         """
         self.reactor = reactor
         self.kind = kind
@@ -113,6 +114,9 @@ class Server:
         self.tcp_port = free_port(socket.SOCK_STREAM, host)
         self.udp_port = free_port(socket.SOCK_DGRAM, host)
         self.dir = tempfile.mkdtemp(prefix=f"ocm-bench-{kind}-")
+        self.scrape_every = scrape if kind == "ocm" else None
+        self.scrapes = self.scrape_errors = 0
+        self.scrape_ms: list[float] = []
         if kind in ("floor", "floor-twisted", "ocm-plain"):
             args = ["-m", "ocm.bench.floor", "--host", host,
                     "--tcp", str(self.tcp_port), "--udp", str(self.udp_port)]
@@ -138,6 +142,10 @@ class Server:
                     args += [f"--{option}", value]
             if not self.tls:
                 args.append("--no-tls")
+            # --scrape: serve --metrics and be scraped as Prometheus would.
+            if scrape is not None:
+                self.metrics_port = free_port(socket.SOCK_STREAM, host)
+                args += ["--metrics", f"tcp:{self.metrics_port}:interface={host}"]
             args += list(extra or ())
         self.argv = [sys.executable, *args]
         self._proto = _Collector()
@@ -171,10 +179,34 @@ class Server:
                 await deferLater(self.reactor, 0.1, lambda: None)
                 continue
             proto.transport.abortConnection()
+            if self.scrape_every is not None:
+                self._scraper = LoopingCall(self._scrape)
+                self._scraper.clock = self.reactor
+                self._scraper.start(self.scrape_every, now=True)
             return
+
+    async def _scrape(self) -> None:
+        from twisted.web.client import Agent, readBody
+
+        url = f"http://{self.host}:{self.metrics_port}/metrics".encode()
+        start = self.reactor.seconds()
+        try:
+            response = await Agent(self.reactor).request(b"GET", url)
+            body = await readBody(response)
+            ok = response.code == 200 and b"ocm_datagrams_received_total" in body
+        except Exception:
+            ok = False
+        if ok:
+            self.scrapes += 1
+            self.scrape_ms.append((self.reactor.seconds() - start) * 1000)
+        else:
+            self.scrape_errors += 1
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM (SIGKILL after C{grace}), then remove its directory."""
+        scraper = getattr(self, "_scraper", None)
+        if scraper is not None and scraper.running:
+            scraper.stop()
         if not self._proto.ended.called:
             self.process.signalProcess("TERM")
             timer = self.reactor.callLater(grace, self._kill)

@@ -7,63 +7,20 @@ piping one line in: all of them join and chat.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-from twisted.trial import unittest
-
-from tests.test_client_e2e import LIMIT, REPO, free_port
+from tests.processes import LIMIT, ProcessTestCase, free_port
 
 CLASS = 30
 PASSWORD = "read aloud"
 
 
-class CrowdEndToEndTests(unittest.TestCase):
+class CrowdEndToEndTests(ProcessTestCase):
     timeout = 300
-
-    def setUp(self) -> None:
-        self.dir = Path(self.mktemp()).resolve()
-        self.dir.mkdir(parents=True)
-        path = os.environ.get("PYTHONPATH")
-        self.env = dict(
-            os.environ,
-            PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""),
-            XDG_CONFIG_HOME=str(self.dir / "config"),
-            PYTHONUNBUFFERED="1",
-        )
-        self.env.pop("OCM_PASSWORD", None)
-
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, *args], cwd=self.dir, env=self.env, stdin=subprocess.PIPE,
-            stdout=open(self.dir / f"{name}.out", "wb"), stderr=open(self.dir / f"{name}.err", "wb"),
-        )
-
-        def cleanup() -> None:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(LIMIT)
-            if proc.stdin:
-                proc.stdin.close()
-
-        self.addCleanup(cleanup)
-        return proc
-
-    def read(self, name: str) -> str:
-        return (self.dir / name).read_text(encoding="utf-8", errors="replace")
-
-    def wait_for(self, check, what: str, limit: float = LIMIT) -> None:
-        deadline = time.monotonic() + limit
-        while not check():
-            if time.monotonic() > deadline:
-                self.fail(f"gave up waiting for {what}")
-            time.sleep(0.05)
 
     def client(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         return self.spawn(name, ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp),

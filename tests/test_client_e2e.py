@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,63 +19,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-import ocm
 from tests.daemon import run_daemon
-
-REPO = Path(ocm.__file__).resolve().parent.parent
-LIMIT = 30.0  # seconds any one wait may take
+from tests.processes import LIMIT, REPO, ProcessTestCase, free_port
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class EndToEndTests(unittest.TestCase):
+class EndToEndTests(ProcessTestCase):
     timeout = 120
-
-    def setUp(self) -> None:
-        self.dir = Path(self.mktemp()).resolve()
-        self.dir.mkdir(parents=True)
-        path = os.environ.get("PYTHONPATH")
-        self.env = dict(
-            os.environ,
-            PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""),
-            XDG_CONFIG_HOME=str(self.dir / "config"),
-            PYTHONUNBUFFERED="1",
-        )
-        self.env.pop("OCM_PASSWORD", None)
-
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=self.dir,
-            env=self.env,
-            stdin=subprocess.PIPE,
-            stdout=open(self.dir / f"{name}.out", "wb"),
-            stderr=open(self.dir / f"{name}.err", "wb"),
-        )
-
-        def cleanup() -> None:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(LIMIT)
-            if proc.stdin:
-                proc.stdin.close()
-
-        self.addCleanup(cleanup)
-        return proc
-
-    def read(self, name: str) -> str:
-        return (self.dir / name).read_text(encoding="utf-8", errors="replace")
-
-    def wait_for(self, check: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + LIMIT
-        while not check():
-            if time.monotonic() > deadline:
-                self.fail(f"gave up waiting for {what}")
-            time.sleep(0.05)
 
     def client(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         return self.spawn(name, ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp), *args])

@@ -15,19 +15,14 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.trial import unittest
 
-import ocm
+from tests.processes import LIMIT, REPO, ProcessTestCase, free_port
 
-REPO = Path(ocm.__file__).resolve().parent.parent
-LIMIT = 30.0  # seconds any one wait may take
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
@@ -40,12 +35,6 @@ def _missing() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install chromium chromium-driver)"
     return None
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Forwarder:
@@ -113,7 +102,7 @@ class Forwarder:
         self.cut()
 
 
-class BrowserChatTests(unittest.TestCase):
+class BrowserChatTests(ProcessTestCase):
     timeout = 240
 
     def setUp(self) -> None:
@@ -123,50 +112,9 @@ class BrowserChatTests(unittest.TestCase):
                 self.fail(f"the browser test cannot run in CI: {missing}")
             print(f"\n*** SKIPPING the browser test: {missing} ***\n", file=sys.stderr)
             raise unittest.SkipTest(f"NO BROWSER TEST: {missing}")
-        self.dir = Path(self.mktemp()).resolve()
-        self.dir.mkdir(parents=True)
-        path = os.environ.get("PYTHONPATH")
-        self.env = dict(
-            os.environ,
-            PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""),
-            XDG_CONFIG_HOME=str(self.dir / "config"),
-            PYTHONUNBUFFERED="1",
-        )
-        self.env.pop("OCM_PASSWORD", None)
+        super().setUp()
         # Relative to the checkout: trial runs tests in _trial_temp.
         self.shots = REPO / os.environ["OCM_WEB_SCREENSHOTS"] if os.environ.get("OCM_WEB_SCREENSHOTS") else self.dir
-
-    # -- processes ------------------------------------------------------------
-
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, *args], cwd=self.dir, env=self.env, stdin=subprocess.PIPE,
-            stdout=open(self.dir / f"{name}.out", "wb"), stderr=open(self.dir / f"{name}.err", "wb"),
-        )
-
-        def cleanup() -> None:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(LIMIT)
-            if proc.stdin:
-                proc.stdin.close()
-
-        self.addCleanup(cleanup)
-        return proc
-
-    def read(self, name: str) -> str:
-        path = self.dir / name
-        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-
-    def wait_for(self, check: Callable[[], Any], what: str | Callable[[], str]) -> Any:
-        deadline = time.monotonic() + LIMIT
-        while True:
-            result = check()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                self.fail(f"gave up waiting for {what() if callable(what) else what}")
-            time.sleep(0.05)
 
     def start_daemon(self, *args: str) -> None:
         self.tcp, udp, self.web = (

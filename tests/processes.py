@@ -1,0 +1,77 @@
+"""
+What the end-to-end tests share: real C{twistd} and C{ocm-client}
+processes, each in a temporary directory of its own, with its output kept
+in files the test reads, and killed by cleanup whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.trial import unittest
+
+import ocm
+
+REPO = Path(ocm.__file__).resolve().parent.parent
+LIMIT = 30.0  # seconds any one wait may take
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProcessTestCase(unittest.TestCase):
+    """A test that runs this checkout's programs as a user would."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp()).resolve()
+        self.dir.mkdir(parents=True)
+        path = os.environ.get("PYTHONPATH")
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""),
+            XDG_CONFIG_HOME=str(self.dir / "config"),
+            PYTHONUNBUFFERED="1",
+        )
+        self.env.pop("OCM_PASSWORD", None)
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Start C{python ARGS}; its output goes to NAME.out and NAME.err."""
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=self.dir, env=self.env, stdin=subprocess.PIPE,
+            stdout=open(self.dir / f"{name}.out", "wb"), stderr=open(self.dir / f"{name}.err", "wb"),
+        )
+
+        def cleanup() -> None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(LIMIT)
+            if proc.stdin:
+                proc.stdin.close()
+
+        self.addCleanup(cleanup)
+        return proc
+
+    def read(self, name: str) -> str:
+        """A file of the test's directory as text; empty until it exists."""
+        path = self.dir / name
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def wait_for(self, check: Callable[[], Any], what: str | Callable[[], str], limit: float = LIMIT) -> Any:
+        """Poll CHECK until it gives something true, and return that; fail after LIMIT seconds."""
+        deadline = time.monotonic() + limit
+        while True:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                self.fail(f"gave up waiting for {what() if callable(what) else what}")
+            time.sleep(0.05)

@@ -6,6 +6,7 @@ daemon built as twistd builds it, after real TCRP and UDP traffic.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import Protocol
 from twisted.python import usage
-from twisted.trial.unittest import TestCase
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
@@ -123,6 +125,31 @@ class MetricsTests(DaemonMixin, TestCase):
         self.assertEvent(await alice.event(), wire.LEFT, "bob")
         later = await self.scrape()
         self.assertEqual((sample(later, "ocm_rooms"), sample(later, "ocm_members")), (1, 1))
+
+    async def test_promtool_accepts_the_exposition(self) -> None:
+        """What Prometheus's own checker says of a scrape after real traffic."""
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            if os.environ.get("CI"):
+                self.fail("promtool is missing in CI (.ci/run installs Debian's prometheus package)")
+            print("\n*** SKIPPING promtool check: promtool is not installed "
+                  "(apt-get install prometheus) ***\n", file=sys.stderr)
+            raise SkipTest("NO PROMTOOL: apt-get install prometheus")
+        self.start()
+        alice = await self.enter("Lobby", "alice", create=True)
+        bob = await self.enter("Lobby", "bob")
+        alice.send(b"\x00")
+        alice.chat("hello")
+        self.assertEvent(await bob.event(), wire.MESSAGE, "alice", "hello", seq=1)
+        code, _, body = await self.get("/metrics")
+        self.assertEqual(code, 200)
+        exposition = Path(self.mktemp())
+        exposition.write_bytes(body)
+        out, err, status = await getProcessOutputAndValue(
+            "/bin/sh", ["-c", 'exec "$0" check metrics < "$1"', promtool, str(exposition)], env=os.environ
+        )
+        self.assertEqual(status, 0, (out + err).decode(errors="replace"))
+        self.assertEqual((out + err).strip(), b"", "promtool found problems")
 
     async def test_sends_echoes_and_history_repairs(self) -> None:
         """Protocol 1.1: a SEND, its retransmission, and a HISTORY partly expired."""

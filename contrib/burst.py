@@ -11,7 +11,7 @@ room; list: LIST_ROOMS. --victim N: meanwhile another address (127.0.0.2)
 makes N password JOINs one after another; their median time is reported, and
 the same from an idle daemon first. --flood N: instead of the burst, N loops
 from 127.0.0.1 send LIST_ROOMS without pause (a flooder that ignores
-refusals) while the victim's joins run. Run under C{flock /work/bench.lock}.
+refusals) while the victim's joins run. Run it with nothing else measuring on the machine.
 """
 
 from __future__ import annotations

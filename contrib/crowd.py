@@ -7,7 +7,7 @@ each piping one line into the room. Prints how many got in and chatted
 
     python contrib/crowd.py --clients 30 [--typos 10] [--daemon-arg=--no-tls]
 
-Run it under C{flock /work/bench.lock} when comparing numbers.
+When comparing numbers, run nothing else on the machine meanwhile.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ claim script) and a redirected JOIN's look-up (one HMGET). Reported: the
 process's CPU time per operation (what a node pays) and the wall time per
 operation, one at a time (latency) and 32 in flight (throughput).
 
-    flock /work/bench.lock python contrib/bench/redis_roads.py --rounds 5 --ops 4000
+    python contrib/bench/redis_roads.py --rounds 5 --ops 4000
 
 Needs redis-server, txredisapi and redis (pip install redis).
 """

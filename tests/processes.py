@@ -60,6 +60,22 @@ class ProcessTestCase(unittest.TestCase):
         self.addCleanup(cleanup)
         return proc
 
+    def twistd(self, *args: str, ready: str) -> subprocess.Popen[bytes]:
+        """
+        C{twistd -n ocm} on free loopback ports (C{self.tcp}, C{self.udp}),
+        logging to daemon.log; returns once the log says READY.
+        """
+        self.tcp, self.udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+        daemon = self.spawn("daemon", [
+            "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "--logfile", str(self.dir / "daemon.log"), "ocm",
+            "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(self.udp),
+            "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"), *args,
+        ])
+        self.wait_for(lambda: ready in self.read("daemon.log") or daemon.poll() is not None, "the daemon to start")
+        self.assertIsNone(daemon.poll(), self.read("daemon.log") + self.read("daemon.err"))
+        return daemon
+
     def read(self, name: str) -> str:
         """A file of the test's directory as text; empty until it exists."""
         path = self.dir / name

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import time
 
-from tests.processes import LIMIT, ProcessTestCase, free_port
+from tests.processes import LIMIT, ProcessTestCase
 
 CLASS = 30
 PASSWORD = "read aloud"
@@ -27,16 +26,7 @@ class CrowdEndToEndTests(ProcessTestCase):
                                  "--name", name, "--room", "Class", *args])
 
     def test_a_class_joins_at_once_and_chats(self) -> None:
-        self.tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
-        daemon = self.spawn("daemon", [
-            "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "--logfile", str(self.dir / "daemon.log"), "ocm",
-            "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(udp),
-            "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"),
-        ])
-        log = self.dir / "daemon.log"
-        self.wait_for(lambda: log.exists() and "ocm listening" in self.read("daemon.log")
-                      or daemon.poll() is not None, "the daemon to start")
+        daemon = self.twistd(ready="ocm listening")
 
         teacher = self.client("teacher", "--create", "--password", PASSWORD)
         self.wait_for(lambda: "Created room 'Class'" in self.read("teacher.err") or teacher.poll() is not None,

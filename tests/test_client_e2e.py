@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tests.daemon import run_daemon
-from tests.processes import LIMIT, REPO, ProcessTestCase, free_port
+from tests.processes import LIMIT, REPO, ProcessTestCase
 
 
 class EndToEndTests(ProcessTestCase):
@@ -30,16 +29,7 @@ class EndToEndTests(ProcessTestCase):
         return self.spawn(name, ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp), *args])
 
     def test_two_terminals(self) -> None:
-        self.tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
-        daemon = self.spawn("daemon", [
-            "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "--logfile", str(self.dir / "daemon.log"), "ocm",
-            "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(udp),
-            "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"),
-        ])
-        log = self.dir / "daemon.log"
-        self.wait_for(lambda: log.exists() and "TLS fingerprint SHA256:" in self.read("daemon.log")
-                      or daemon.poll() is not None, "the daemon to start")
+        daemon = self.twistd(ready="TLS fingerprint SHA256:")
         match = re.search(r"TLS fingerprint SHA256:([0-9A-F:]{95})", self.read("daemon.log"))
         self.assertIsNotNone(match, self.read("daemon.log") + self.read("daemon.err"))
         fingerprint = match.group(1)

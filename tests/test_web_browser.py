@@ -117,19 +117,8 @@ class BrowserChatTests(ProcessTestCase):
         self.shots = REPO / os.environ["OCM_WEB_SCREENSHOTS"] if os.environ.get("OCM_WEB_SCREENSHOTS") else self.dir
 
     def start_daemon(self, *args: str) -> None:
-        self.tcp, udp, self.web = (
-            free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
-        )
-        daemon = self.spawn("daemon", [
-            "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "--logfile", str(self.dir / "daemon.log"), "ocm",
-            "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(udp),
-            "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"),
-            "--web", str(self.web), *args,
-        ])
-        self.wait_for(lambda: "web chat page: HTTPS" in self.read("daemon.log") or daemon.poll() is not None,
-                      "the daemon to start")
-        self.assertIsNone(daemon.poll(), self.read("daemon.log") + self.read("daemon.err"))
+        self.web = free_port(socket.SOCK_STREAM)
+        self.twistd("--web", str(self.web), *args, ready="web chat page: HTTPS")
 
     # -- browsers -------------------------------------------------------------
 

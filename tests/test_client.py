@@ -567,6 +567,19 @@ class StatusTests(ClientTestCase):
         self.assertIn("Joined room 'Lobby' as 'bob'", bob.errors[1])
         self.assertEqual(self.svc.tcrp.limited["request_rate"], 1)
 
+    async def test_rooms_command_waits_for_a_busy_server(self) -> None:
+        # In a room, /rooms meets the same 429 and waits it out, said so.
+        self.start_daemon("--request-burst", "2", "--request-rate", "1")
+        await self.host(interactive=True, password="")
+        bob = self.client("bob", "Lobby", interactive=True, mode="join")
+        await bob.joined()
+        bob.type("/rooms")
+        await bob.shows("Rooms (1):\n  Lobby (2 members)\n")
+        # In a room, notes are part of the conversation, on stdout.
+        self.assertRegex(bob.out, r"(?m)^The server refused for now \(too many requests from your address; "
+                                  r"slow down\); trying again in [12] s\.\nRooms \(1\):")
+        self.assertEqual(self.svc.tcrp.limited["request_rate"], 1)
+
     async def test_connection_refused(self) -> None:
         port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
         number = port.getHost().port

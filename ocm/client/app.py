@@ -289,7 +289,9 @@ class ChatClient:
 
     async def _show_rooms(self) -> None:
         try:
-            rooms = await list_rooms(self.reactor, self.server)
+            # A crowd behind one address spends its request budget: /rooms
+            # waits for it as a join does (PROTOCOL §4a), chat going on meanwhile.
+            rooms = await retrying(self.reactor, lambda: list_rooms(self.reactor, self.server), self.note)
         except ClientError as e:
             self.note(e.sentence)
             return

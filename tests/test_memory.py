@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ocm.bench.spawn import SOURCE_ROOT, child_env
-from ocm.bench.memory import floor_series, proc_status, slope_per_hour, summarize_series
+from ocm.bench.memory import floor_series, pooled_slope_per_hour, proc_status, slope_per_hour, summarize_series
 from ocm.rooms import Member, Room, RoomService
 
 
@@ -95,6 +95,21 @@ class SeriesTests(SynchronousTestCase):
         self.assertEqual(summary["second_half_low_slope_mib_per_hour"], 0.0)
         # A last window of one sample, on a hash, is no floor.
         self.assertEqual(floor_series(series + [(600, 66 * mib)], 60), floor)
+
+    def test_slope_within_levels(self):
+        # Flat levels 16 MiB apart, the upper one more often late in the
+        # run: the plain slope rises, the slope within the levels is flat.
+        mib = 1024 * 1024
+        series = [(t, 50 * mib + (16 * mib if (t % 30 == 0 or t > 3000) else 0)) for t in range(0, 3600, 10)]
+        summary = summarize_series(series)
+        self.assertGreater(summary["second_half_slope_mib_per_hour"], 2.0)
+        self.assertGreater(summary["second_half_slope_error_mib_per_hour"], 0.0)
+        self.assertEqual(summary["second_half_slope_within_levels_mib_per_hour"], 0.0)
+        # A real leak under the same mixing still shows: 3 MiB an hour on both levels.
+        leaking = [(t, v + t * mib / 1200) for t, v in series]
+        summary = summarize_series(leaking)
+        self.assertAlmostEqual(summary["second_half_slope_within_levels_mib_per_hour"], 3.0, places=6)
+        self.assertAlmostEqual(pooled_slope_per_hour([[(0, 0), (3600, 3 * mib)], [(0, 9 * mib), (1800, 10.5 * mib)]]), 3.0)
 
     def test_rss_and_threads_of_this_process(self):
         status = proc_status(os.getpid())

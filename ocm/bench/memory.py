@@ -17,6 +17,7 @@ import csv
 import glob
 import hashlib
 import json
+import math
 import os
 import random
 import secrets
@@ -73,6 +74,39 @@ def slope_per_hour(series: list[tuple[float, float]]) -> float:
         return 0.0
     b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
     return b * 3600 / MIB
+
+
+def slope_error_per_hour(series: list[tuple[float, float]]) -> float:
+    """The least-squares slope's standard error, in MiB per hour."""
+    n = len(series)
+    if n < 3:
+        return 0.0
+    xs = [t for t, _ in series]
+    ys = [v for _, v in series]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if not sxx:
+        return 0.0
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    residual = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys))
+    return math.sqrt(residual / (n - 2) / sxx) * 3600 / MIB
+
+
+def pooled_slope_per_hour(groups: list[list[tuple[float, float]]]) -> float:
+    """
+    One slope through every sample of several levels, each level with its
+    own offset (least squares with a per-group intercept), in MiB per hour:
+    how RSS moves with time once it is known which level a sample is on.
+    """
+    sxy = sxx = 0.0
+    for group in groups:
+        if len(group) < 2:
+            continue
+        mx = statistics.fmean(t for t, _ in group)
+        my = statistics.fmean(v for _, v in group)
+        sxx += sum((t - mx) ** 2 for t, _ in group)
+        sxy += sum((t - mx) * (v - my) for t, v in group)
+    return sxy / sxx * 3600 / MIB if sxx else 0.0
 
 
 def hash_seconds(samples: int = 9) -> float:
@@ -509,7 +543,10 @@ def summarize_series(series: list[tuple[float, int]]) -> dict[str, Any]:
     of every sample, of each five minutes' least (the floor), and of the two
     levels the samples of a churn with passwords fall in: "low", within
     8 MiB of the second half's least (no hash buffer held), and "high" (one
-    or two 16 MiB hash buffers held: a hash ran in the last second).
+    or two 16 MiB hash buffers held: a hash ran in the last second); and
+    the slope of every sample with each level's offset taken out, beside
+    the plain slope's standard error (samples 16 MiB apart at random make
+    the plain slope swing by several MiB an hour either way).
     """
     if not series:
         return {}
@@ -528,6 +565,8 @@ def summarize_series(series: list[tuple[float, int]]) -> dict[str, Any]:
         "second_half_max_mib": _mib(max(v for _, v in second)),
         "slope_mib_per_hour": round(slope_per_hour(series), 2),
         "second_half_slope_mib_per_hour": round(slope_per_hour(second), 2),
+        "second_half_slope_error_mib_per_hour": round(slope_error_per_hour(second), 2),
+        "second_half_slope_within_levels_mib_per_hour": round(pooled_slope_per_hour([low, high]), 2),
         "second_half_floor_slope_mib_per_hour": round(slope_per_hour(floor), 2),
         "second_half_floor_min_mib": _mib(min(v for _, v in floor)),
         "second_half_floor_max_mib": _mib(max(v for _, v in floor)),

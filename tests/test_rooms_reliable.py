@@ -6,7 +6,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ocm.datagram import HEARTBEAT, LEAVE, EventKind, chat, encode_event, history, parse_event, send
 from ocm.history import ENTRY_OVERHEAD, History
-from ocm.rooms import RoomService
 from ocm.sends import NEW, STALE, WINDOW, SendWindow
 from tests.test_rooms import RoomFixture
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import csv
 import glob
-import hashlib
 import json
 import math
 import os

@@ -155,6 +155,24 @@ class ClientAddressTests(TestCase):
         self.assertEqual(proxied.client_ip("203.0.113.9", "198.51.100.1"), "203.0.113.9")
 
 
+class PingTests(TestCase):
+    def test_pongs_come_well_within_the_timeout(self):
+        # autobahn sends the next ping an interval after the last pong, on a
+        # timer of 0.2 s buckets: even at the shortest --timeout (0.5 s) two
+        # pongs must come closer together than the timeout, with room for a
+        # round trip, or the sweep removes a browser that is answering.
+        for timeout in (0.5, 1.0, 60.0):
+            class Tcrp:
+                request_timeout = 10.0
+
+            class Rooms:
+                pass
+
+            Rooms.timeout = timeout
+            factory = WebChatFactory(Rooms(), Tcrp())
+            self.assertLess(factory.autoPingInterval + 0.2, timeout * 0.8, timeout)
+
+
 class WebOptionsTests(TestCase):
     def parse(self, *args):
         o = Options()

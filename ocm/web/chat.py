@@ -120,8 +120,11 @@ class WebChatFactory(WebSocketServerFactory):
             # removes a member whose pongs stop (TIMED_OUT), as it removes a
             # silent one; the socket itself is dropped later. autobahn's
             # timers run to whole seconds, hence the 2 s: the sweep (at most
-            # a second late) must come first.
-            autoPingInterval=max(0.5, service.timeout / 3),
+            # a second late) must come first. No floor on the interval: its
+            # timer fires in 0.2 s buckets after the last pong, so at the
+            # shortest --timeout (0.5 s) a floor of 0.5 s left pongs further
+            # apart than the timeout and the sweep took the member out.
+            autoPingInterval=service.timeout / 3,
             autoPingTimeout=service.timeout + 2,
             # Compression would let a small frame inflate to a large one.
             perMessageCompressionAccept=lambda offers: None,

@@ -61,34 +61,31 @@ def rss(pid: int) -> int:
     return proc_status(pid).get("VmRSS", 0)
 
 
+def _fit(series: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares through (seconds, bytes): the slope and its standard error, bytes a second."""
+    n = len(series)
+    if n < 2:
+        return 0.0, 0.0
+    mx = statistics.fmean(t for t, _ in series)
+    my = statistics.fmean(v for _, v in series)
+    sxx = sum((t - mx) ** 2 for t, _ in series)
+    if not sxx:
+        return 0.0, 0.0
+    b = sum((t - mx) * (v - my) for t, v in series) / sxx
+    if n < 3:
+        return b, 0.0
+    residual = sum((v - my - b * (t - mx)) ** 2 for t, v in series)
+    return b, math.sqrt(residual / (n - 2) / sxx)
+
+
 def slope_per_hour(series: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, bytes) points, in MiB per hour."""
-    if len(series) < 2:
-        return 0.0
-    xs = [t for t, _ in series]
-    ys = [v for _, v in series]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if not sxx:
-        return 0.0
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    return b * 3600 / MIB
+    return _fit(series)[0] * 3600 / MIB
 
 
 def slope_error_per_hour(series: list[tuple[float, float]]) -> float:
     """The least-squares slope's standard error, in MiB per hour."""
-    n = len(series)
-    if n < 3:
-        return 0.0
-    xs = [t for t, _ in series]
-    ys = [v for _, v in series]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if not sxx:
-        return 0.0
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    residual = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys))
-    return math.sqrt(residual / (n - 2) / sxx) * 3600 / MIB
+    return _fit(series)[1] * 3600 / MIB
 
 
 def pooled_slope_per_hour(groups: list[list[tuple[float, float]]]) -> float:

@@ -311,3 +311,52 @@ class RedisAddresses(ClusterTestCase):
         self.redis = RedisServer(self, tls=(cert_path, key_path))
         await self.redis.start()
         await self.two_nodes_agree()
+
+
+class StoreStart(ClusterTestCase):
+    """A node's first moments: its connection to Redis is still being made."""
+
+    def store(self, url: str, timeout: float = 2.0) -> Any:
+        from ocm.cluster.store import RedisStore
+        from ocm.cluster.url import parse_redis_url
+
+        store = RedisStore(parse_redis_url(url), reactor, timeout=timeout, reactor=reactor)
+        self.addCleanup(store.close)
+        return store
+
+    async def test_a_request_in_the_first_moment_waits_for_the_connection(self):
+        """
+        A CREATE that reaches a node just started (twistd has said it is
+        ready, systemd too) is answered, not refused with 503 because the
+        connection to Redis was a few milliseconds from made.
+        """
+        await self.start_redis()
+        store = self.store(self.redis.url)
+        self.assertFalse(store.connected)
+        self.assertIsNone(await store.owner("lobby"))
+
+    async def test_redis_down_at_start_is_said_within_the_timeout_then_at_once(self):
+        from ocm.cluster.store import DirectoryUnavailable
+        from tests.redis import free_port
+
+        store = self.store(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+        start = time.monotonic()
+        with self.assertRaises(DirectoryUnavailable):
+            await store.owner("lobby")
+        self.assertLess(time.monotonic() - start, 1.5)
+        await wire.sleep(reactor, 0.5)
+        start = time.monotonic()
+        with self.assertRaises(DirectoryUnavailable):
+            await store.owner("lobby")
+        self.assertLess(time.monotonic() - start, 0.1, "waited again though Redis is known down")
+
+    async def test_a_node_stopped_while_connecting_answers_and_leaves_nothing_behind(self):
+        from ocm.cluster.store import DirectoryUnavailable, RedisStore
+        from ocm.cluster.url import parse_redis_url
+        from tests.redis import free_port
+
+        store = RedisStore(parse_redis_url(f"redis://127.0.0.1:{free_port()}/0"), reactor, timeout=30)
+        waiting = store.owner("lobby")
+        await store.close()  # trial fails the test if its 30 s timer were left
+        with self.assertRaises(DirectoryUnavailable):
+            await waiting

@@ -17,7 +17,9 @@ Redis Cluster: the LIST script reads keys it was not given.
 
 Each call is bounded by C{timeout}; a Redis that is down, unreachable or slow
 raises L{DirectoryUnavailable} (at once when no connection is open), and the
-reactor never waits on it.
+reactor never waits on it. The one wait: for C{timeout} after start, while
+the first connection is being made, a call waits for it, so the node's
+first CREATE is not refused for being a few milliseconds early.
 """
 
 from __future__ import annotations
@@ -165,6 +167,20 @@ class RedisStore:
         factory.startConnecting(self._endpoint(reactor, address))
         self._factory = factory
         self._redis = factory.handler
+        # Calls waiting for the first connection; None once it is made or
+        # C{timeout} has passed without it.
+        self._starting: list[defer.Deferred] | None = []
+        factory.deferred.addBoth(self._started)
+        self._start_over = clock.callLater(timeout, self._started, None)
+
+    def _started(self, result: Any) -> None:
+        """The first connection is made (or failed, or took too long): wake its waiters."""
+        waiting, self._starting = self._starting, None
+        if self._start_over.active():
+            self._start_over.cancel()
+        for d in waiting or ():
+            if not d.called:
+                d.callback(None)
 
     def _endpoint(self, reactor: Any, address: RedisAddress) -> Any:
         if address.scheme == "unix":
@@ -187,7 +203,12 @@ class RedisStore:
 
     def _call(self, method: str, *args: Any) -> defer.Deferred:
         if not self.connected:
-            return defer.fail(DirectoryUnavailable("no connection to Redis"))
+            if self._starting is None:
+                return defer.fail(DirectoryUnavailable("no connection to Redis"))
+            first: defer.Deferred = defer.Deferred()
+            self._starting.append(first)
+            # Then connected, or failing at once: _starting is None by now.
+            return first.addCallback(lambda _: self._call(method, *args))
         d = getattr(self._redis, method)(*args)
         d.addTimeout(self.timeout, self.clock)
 
@@ -242,4 +263,6 @@ class RedisStore:
         return d.addCallback(rows)
 
     def close(self) -> defer.Deferred:
+        if self._starting is not None:
+            self._started(None)
         return self._factory.disconnect()

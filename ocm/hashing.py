@@ -11,8 +11,9 @@ So here: at most C{workers} hashes run at once (one per CPU by default: more
 threads do not hash faster), at most C{queue} more wait, and past that a
 request is refused at once with 503 and C{retry_after}. And by default
 (L{release_memory}, "arena") every thread allocates from glibc's one main
-arena, and the pool trims it once it has been idle a second: within a burst the
-buffers are reused (no page faults), after it they go back to the system.
+arena, and the pool trims it once it has been idle a quarter of a second:
+within a burst the buffers are reused (no page faults), after it they go back
+to the system.
 docs/performance.md has the figures of this and the alternatives measured.
 """
 
@@ -41,8 +42,11 @@ MMAP_THRESHOLD = 1024 * 1024
 _M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # from glibc's malloc.h
 DEFAULT_QUEUE = 64
 # Seconds the pool stays idle before it trims: a burst is trimmed once, after
-# it (malloc_trim walks the whole heap: about 3 ms at 100 MiB here).
-TRIM_DELAY = 1.0
+# it (malloc_trim walks the whole heap: about 3 ms at 100 MiB here). Short,
+# so a daemon with a password join every second or two sits at its floor,
+# not 16 MiB above it; an isolated hash then faults its buffer in afresh
+# (about 7 ms more than in a burst, docs/performance.md).
+TRIM_DELAY = 0.25
 # What a hash is assumed to take until one has been timed (seconds).
 _FIRST_GUESS = 0.05
 # How the memory of a hash is given back (docs/performance.md, "Memory"):

@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ocm import passwords
-from ocm.hashing import HashPool, cpus, release_memory
+from ocm.hashing import TRIM_DELAY, HashPool, cpus, release_memory
 from ocm.rooms import RoomService
 from ocm.tcrp import ProtocolError, ReplyParser, Status, encode_request
 from ocm.tcrp_server import TCRPFactory
@@ -230,15 +230,15 @@ class MemoryTests(SynchronousTestCase):
         for _ in range(6):
             self.run.finish(0.5)
         self.assertEqual(self.malloc.trims, 0)
-        # Idle again, but another hash comes within the second: no trim yet.
-        self.clock.advance(0.5)
+        # Idle again, but another hash comes within the delay: no trim yet.
+        self.clock.advance(TRIM_DELAY * 0.8)
         pool.submit(lambda: 7)
         self.clock.advance(5)
         self.assertEqual(self.malloc.trims, 0)
         self.run.finish()
-        self.clock.advance(0.9)
+        self.clock.advance(TRIM_DELAY * 0.9)
         self.assertEqual(self.malloc.trims, 0)
-        self.clock.advance(0.1)
+        self.clock.advance(TRIM_DELAY * 0.1)
         self.assertEqual(self.malloc.trims, 1)
         self.clock.advance(60)
         self.assertEqual(self.malloc.trims, 1)

@@ -45,7 +45,7 @@ DEFAULT_QUEUE = 64
 # it (malloc_trim walks the whole heap: about 3 ms at 100 MiB here). Short,
 # so a daemon with a password join every second or two sits at its floor,
 # not 16 MiB above it; an isolated hash then faults its buffer in afresh
-# (about 7 ms more than in a burst, docs/performance.md).
+# (1.28x the time of a hash in a burst, docs/performance.md).
 TRIM_DELAY = 0.25
 # What a hash is assumed to take until one has been timed (seconds).
 _FIRST_GUESS = 0.05

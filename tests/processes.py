@@ -17,15 +17,10 @@ from typing import Any, Callable
 from twisted.trial import unittest
 
 import ocm
+from ocm.bench.spawn import free_port
 
 REPO = Path(ocm.__file__).resolve().parent.parent
 LIMIT = 30.0  # seconds any one wait may take
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ProcessTestCase(unittest.TestCase):
@@ -65,7 +60,8 @@ class ProcessTestCase(unittest.TestCase):
         C{twistd -n ocm} on free loopback ports (C{self.tcp}, C{self.udp}),
         logging to daemon.log; returns once the log says READY.
         """
-        self.tcp, self.udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+        self.tcp = free_port(socket.SOCK_STREAM, "127.0.0.1")
+        self.udp = free_port(socket.SOCK_DGRAM, "127.0.0.1")
         daemon = self.spawn("daemon", [
             "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "--logfile", str(self.dir / "daemon.log"), "ocm",

@@ -17,6 +17,8 @@ from typing import Any
 from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import SkipTest
 
+from ocm.bench.spawn import free_port
+
 START_TIMEOUT = 10.0
 
 
@@ -31,12 +33,6 @@ def redis_server_path(test: Any) -> str:
             test.fail(reason)
         raise SkipTest(reason)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Watch(protocol.ProcessProtocol):
@@ -64,7 +60,7 @@ class RedisServer:
     def __init__(self, test: Any, *, unix: bool = False, tls: tuple[str, str] | None = None) -> None:
         """C{unix}: a Unix socket only; C{tls}: (cert, key) PEM files, TLS only."""
         self.binary = redis_server_path(test)
-        self.port = free_port()
+        self.port = free_port(socket.SOCK_STREAM, "127.0.0.1")
         self.dir = os.path.abspath(test.mktemp())
         os.makedirs(self.dir)
         self.unix = unix

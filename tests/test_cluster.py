@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -15,7 +16,9 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from ocm.bench.spawn import Server
+from ocm.bench.spawn import Server, free_port
+from ocm.cluster.store import DirectoryUnavailable, RedisStore
+from ocm.cluster.url import parse_redis_url
 from ocm.service import OcmService
 from tests import wire
 from tests.daemon import run_daemon
@@ -316,10 +319,11 @@ class RedisAddresses(ClusterTestCase):
 class StoreStart(ClusterTestCase):
     """A node's first moments: its connection to Redis is still being made."""
 
-    def store(self, url: str, timeout: float = 2.0) -> Any:
-        from ocm.cluster.store import RedisStore
-        from ocm.cluster.url import parse_redis_url
+    def nowhere(self) -> str:
+        """A Redis URL where nothing listens."""
+        return f"redis://127.0.0.1:{free_port(socket.SOCK_STREAM, '127.0.0.1')}/0"
 
+    def store(self, url: str, timeout: float = 2.0) -> RedisStore:
         store = RedisStore(parse_redis_url(url), reactor, timeout=timeout, reactor=reactor)
         self.addCleanup(store.close)
         return store
@@ -336,10 +340,7 @@ class StoreStart(ClusterTestCase):
         self.assertIsNone(await store.owner("lobby"))
 
     async def test_redis_down_at_start_is_said_within_the_timeout_then_at_once(self):
-        from ocm.cluster.store import DirectoryUnavailable
-        from tests.redis import free_port
-
-        store = self.store(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+        store = self.store(self.nowhere(), timeout=0.5)
         start = time.monotonic()
         with self.assertRaises(DirectoryUnavailable):
             await store.owner("lobby")
@@ -351,11 +352,7 @@ class StoreStart(ClusterTestCase):
         self.assertLess(time.monotonic() - start, 0.1, "waited again though Redis is known down")
 
     async def test_a_node_stopped_while_connecting_answers_and_leaves_nothing_behind(self):
-        from ocm.cluster.store import DirectoryUnavailable, RedisStore
-        from ocm.cluster.url import parse_redis_url
-        from tests.redis import free_port
-
-        store = RedisStore(parse_redis_url(f"redis://127.0.0.1:{free_port()}/0"), reactor, timeout=30)
+        store = self.store(self.nowhere(), timeout=30)
         waiting = store.owner("lobby")
         await store.close()  # trial fails the test if its 30 s timer were left
         with self.assertRaises(DirectoryUnavailable):

@@ -21,7 +21,8 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from tests.processes import LIMIT, REPO, ProcessTestCase, free_port
+from ocm.bench.spawn import free_port
+from tests.processes import LIMIT, REPO, ProcessTestCase
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -117,7 +118,7 @@ class BrowserChatTests(ProcessTestCase):
         self.shots = REPO / os.environ["OCM_WEB_SCREENSHOTS"] if os.environ.get("OCM_WEB_SCREENSHOTS") else self.dir
 
     def start_daemon(self, *args: str) -> None:
-        self.web = free_port(socket.SOCK_STREAM)
+        self.web = free_port(socket.SOCK_STREAM, "127.0.0.1")
         self.twistd("--web", str(self.web), *args, ready="web chat page: HTTPS")
 
     # -- browsers -------------------------------------------------------------

@@ -57,7 +57,7 @@ def main() -> None:
     from ocm.client.retry import retrying
     from ocm.client.tcrp import Server, request
     from ocm.client.trust import KnownServers, PinnedTrust
-    from ocm.tcrp import Op
+    from ocm.wire.tcrp import Op
     from tests import wire
 
     work = Path(tempfile.mkdtemp(prefix="ocm-burst-"))

@@ -1,5 +1,5 @@
 """
-The daemon exactly as the twistd plugin builds it (ocm.tap), on loopback
+The daemon exactly as the twistd plugin builds it (ocm.server.tap), on loopback
 ports, for the integration tests; and the few steps every such test takes
 with the independent client in L{tests.wire}.
 """
@@ -11,8 +11,8 @@ from typing import Any
 
 from twisted.internet import reactor, task
 
-from ocm.service import OcmService
-from ocm.tap import Options, makeService
+from ocm.server.service import OcmService
+from ocm.server.tap import Options, makeService
 from tests import wire
 
 

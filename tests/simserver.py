@@ -17,7 +17,7 @@ from twisted.internet import task
 
 from ocm.client.session import ChatSession, Membership
 from ocm.client.tcrp import Reply
-from ocm.datagram import (
+from ocm.wire.datagram import (
     DatagramError,
     EventKind,
     Kind,
@@ -27,7 +27,7 @@ from ocm.datagram import (
     read_message,
     seal_server,
 )
-from ocm.replay import ReplayWindow
+from ocm.server.replay import ReplayWindow
 
 SEND_WINDOW = 64
 MAX_HISTORY_ANSWER = 100

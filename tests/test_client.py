@@ -20,7 +20,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from ocm import tls
+from ocm.server import tls
 from ocm.client.__main__ import main, parse_args
 from ocm.client import app as app_module
 from ocm.client import tcrp as tcrp_module
@@ -31,10 +31,10 @@ from ocm.client.console import Console
 from ocm.client.errors import RequestRefused, UsageError
 from ocm.client.tcrp import Server, request
 from ocm.client.trust import CATrust, KnownServers, NoTLS, PinnedTrust, Trust
-from ocm.datagram import MAX_TEXT, EventKind, encode_event, seal_server
-from ocm.names import name_key
-from ocm.service import OcmService
-from ocm.tcrp import Op, encode_response
+from ocm.wire.datagram import MAX_TEXT, EventKind, encode_event, seal_server
+from ocm.wire.names import name_key
+from ocm.server.service import OcmService
+from ocm.wire.tcrp import Op, encode_response
 from tests.daemon import run_daemon
 
 LIMIT = 10.0  # seconds any one wait may take before the test fails

@@ -11,11 +11,11 @@ from pathlib import Path
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 
-from ocm import tls
+from ocm.server import tls
 from ocm.client.tcrp import redirect_target
 from ocm.client.trust import KnownServers, NoTLS, PinnedTrust
-from ocm.service import OcmService
-from ocm.tcrp import encode_response
+from ocm.server.service import OcmService
+from ocm.wire.tcrp import encode_response
 from tests.redis import RedisServer
 from tests.test_client import ClientTestCase, until
 

@@ -24,7 +24,7 @@ from ocm.client import reliable
 from ocm.client.reliable import GIVE_UP, HISTORY_TRIES, PROBE_SPAN, Outbox, RoundTrip, Sequencer
 from ocm.client.session import SEND_BURST, SEND_RATE, ChatSession, Membership
 from ocm.client.tcrp import Reply
-from ocm.datagram import EventKind, Kind, encode_event, open_envelope, parse_envelope, read_message, seal_server
+from ocm.wire.datagram import EventKind, Kind, encode_event, open_envelope, parse_envelope, read_message, seal_server
 from tests.simserver import DELAY, DELIVER, DROP, DUPLICATE, Network, Screen, SimServer, run_until
 
 

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from ocm.client.errors import ClientError
 from ocm.client.session import SEND_BURST, SEND_RATE, ChatSession, Membership
 from ocm.client.tcrp import Reply
-from ocm.datagram import (
+from ocm.wire.datagram import (
     Event,
     EventKind,
     Kind,

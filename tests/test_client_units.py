@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from ocm import tls
+from ocm.server import tls
 from ocm.client import display
 from ocm.client.errors import UsageError
 from ocm.client.trust import (
@@ -22,8 +22,8 @@ from ocm.client.trust import (
     default_known_servers,
     server_key,
 )
-from ocm.datagram import Event, EventKind
-from ocm.tcrp import Op, Status
+from ocm.wire.datagram import Event, EventKind
+from ocm.wire.tcrp import Op, Status
 
 
 class SanitizeTests(unittest.TestCase):

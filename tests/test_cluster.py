@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from ocm.bench.spawn import Server, free_port
 from ocm.cluster.store import DirectoryUnavailable, RedisStore
 from ocm.cluster.url import parse_redis_url
-from ocm.service import OcmService
+from ocm.server.service import OcmService
 from tests import wire
 from tests.daemon import run_daemon
 from tests.redis import RedisServer
@@ -305,7 +305,7 @@ class RedisAddresses(ClusterTestCase):
         await self.two_nodes_agree()
 
     async def test_tls_with_a_private_ca(self):
-        from ocm import tls
+        from ocm.server import tls
 
         cert, key = tls.make_self_signed("localhost")
         cert_path, key_path = os.path.abspath(self.mktemp()), os.path.abspath(self.mktemp())

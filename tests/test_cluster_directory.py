@@ -14,8 +14,8 @@ from twisted.trial.unittest import TestCase
 from ocm.cluster.directory import Directory, host_port
 from ocm.cluster.store import Claim, DirectoryUnavailable, Listed
 from ocm.cluster.url import parse_redis_url
-from ocm.rooms import RoomService
-from ocm.tcrp import ProtocolError, Status
+from ocm.server.rooms import RoomService
+from ocm.wire.tcrp import ProtocolError, Status
 
 TTL = 15.0
 
@@ -285,7 +285,7 @@ class AddressTests(TestCase):
 
 class OptionTests(TestCase):
     def parse(self, *args: str) -> Any:
-        from ocm.tap import Options
+        from ocm.server.tap import Options
 
         o = Options()
         o.parseOptions(["--data-dir", self.mktemp(), *args])

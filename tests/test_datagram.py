@@ -5,7 +5,7 @@ import struct
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.trial.unittest import SynchronousTestCase
 
-from ocm.datagram import (
+from ocm.wire.datagram import (
     HEARTBEAT,
     LEAVE,
     DatagramError,
@@ -24,7 +24,7 @@ from ocm.datagram import (
     seal_client,
     seal_server,
 )
-from ocm.replay import ReplayWindow
+from ocm.server.replay import ReplayWindow
 
 KEY = bytes(range(32))
 

@@ -1,5 +1,5 @@
 """
-Fuzzing a live daemon (issue 4), built by ocm.tap.makeService as twistd
+Fuzzing a live daemon (issue 4), built by ocm.server.tap.makeService as twistd
 builds it, on 127.0.0.1.
 
 TCRP: thousands of random and mutated frames (bit flips, truncations, wrong
@@ -39,11 +39,11 @@ from twisted.internet import defer, endpoints, reactor, ssl, task, tcp
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.trial.unittest import TestCase
 
-from ocm.datagram import HEARTBEAT, LEAVE, EventKind, chat, open_server, seal_client
-from ocm.rooms import Member, Room
-from ocm.tap import Options, makeService
-from ocm.tcrp import HEADER_SIZE, Op, ReplyParser, State, encode_frame, encode_json
-from ocm.tcrp_server import TCRPServerProtocol
+from ocm.wire.datagram import HEARTBEAT, LEAVE, EventKind, chat, open_server, seal_client
+from ocm.server.rooms import Member, Room
+from ocm.server.tap import Options, makeService
+from ocm.wire.tcrp import HEADER_SIZE, Op, ReplyParser, State, encode_frame, encode_json
+from ocm.server.tcrp_server import TCRPServerProtocol
 
 SEED = int(os.environ.get("OCM_FUZZ_SEED", "4046"))
 

@@ -1,5 +1,5 @@
 """
-Password hashing on its own bounded pool (ocm.hashing): at most N hashes at
+Password hashing on its own bounded pool (ocm.server.hashing): at most N hashes at
 once, a bounded queue, 503 with retry_after past it, no thread left after
 stop; and against the daemon the plugin builds, a burst of password requests
 all answered (200, or 503 with retry_after) on a bounded number of threads.
@@ -16,11 +16,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ocm import passwords
-from ocm.hashing import TRIM_DELAY, HashPool, cpus, release_memory
-from ocm.rooms import RoomService
-from ocm.tcrp import ProtocolError, ReplyParser, Status, encode_request
-from ocm.tcrp_server import TCRPFactory
+from ocm.server import passwords
+from ocm.server.hashing import TRIM_DELAY, HashPool, cpus, release_memory
+from ocm.server.rooms import RoomService
+from ocm.wire.tcrp import ProtocolError, ReplyParser, Status, encode_request
+from ocm.server.tcrp_server import TCRPFactory
 from tests import wire
 from tests.daemon import DaemonMixin
 

@@ -14,7 +14,7 @@ from ocm.client.errors import RequestRefused
 from ocm.client.retry import retrying
 from ocm.client.tcrp import Server, request
 from ocm.client.trust import KnownServers, PinnedTrust
-from ocm.tcrp import Op
+from ocm.wire.tcrp import Op
 from tests import wire
 from tests.daemon import DaemonMixin
 

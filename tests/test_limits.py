@@ -11,12 +11,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from ocm.datagram import HEARTBEAT, chat
-from ocm.limits import Buckets, TokenBucket
-from ocm.passwords import hash_password
-from ocm.rooms import RoomService
-from ocm.tcrp import ReplyParser, encode_request
-from ocm.tcrp_server import TCRPFactory
+from ocm.wire.datagram import HEARTBEAT, chat
+from ocm.server.limits import Buckets, TokenBucket
+from ocm.server.passwords import hash_password
+from ocm.server.rooms import RoomService
+from ocm.wire.tcrp import ReplyParser, encode_request
+from ocm.server.tcrp_server import TCRPFactory
 from tests.test_rooms import Peer
 
 
@@ -175,7 +175,7 @@ class AdmissionTests(SynchronousTestCase):
 
 def cheap_hash(password):
     """A scrypt hash cheap enough to verify thousands of times in a test."""
-    from ocm.passwords import PasswordHash, _scrypt
+    from ocm.server.passwords import PasswordHash, _scrypt
 
     salt = b"s" * 16
     return PasswordHash(salt, _scrypt(password, salt, 2, 1, 1), n=2, r=1, p=1)
@@ -199,7 +199,7 @@ class DebtTests(SynchronousTestCase):
         self.assertTrue(b.ready(4.0))
 
     def test_address_key_is_the_ipv4_address_or_the_ipv6_64(self):
-        from ocm.limits import address_key
+        from ocm.server.limits import address_key
 
         self.assertEqual(address_key("10.0.0.1"), "10.0.0.1")
         self.assertEqual(address_key("2001:db8:1:2:aaaa::1"), address_key("2001:db8:1:2:bbbb::9"))

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ocm.bench.spawn import SOURCE_ROOT, child_env
 from ocm.bench.memory import floor_series, pooled_slope_per_hour, proc_status, slope_per_hour, summarize_series
-from ocm.rooms import Member, Room, RoomService
+from ocm.server.rooms import Member, Room, RoomService
 
 
 def alive(kind: type) -> int:

@@ -20,8 +20,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from ocm import metrics as ocm_metrics
-from ocm.tap import Options
+from ocm.ops import metrics as ocm_metrics
+from ocm.server.tap import Options
 from tests import wire
 from tests.daemon import DaemonMixin
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from ocm.datagram import (
+from ocm.wire.datagram import (
     HEARTBEAT,
     LEAVE,
     MAX_DATAGRAM,
@@ -34,9 +34,9 @@ from ocm.datagram import (
     seal_client,
     seal_server,
 )
-from ocm.names import name_problem
-from ocm.replay import WINDOW, ReplayWindow
-from ocm.tcrp import (
+from ocm.wire.names import name_problem
+from ocm.server.replay import WINDOW, ReplayWindow
+from ocm.wire.tcrp import (
     Frame,
     Op,
     ProtocolError,

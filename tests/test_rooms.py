@@ -7,10 +7,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ocm.datagram import HEARTBEAT, LEAVE, EventKind, chat, open_server, seal_client
-from ocm.passwords import hash_password
-from ocm.rooms import RoomService
-from ocm.tcrp import ProtocolError
+from ocm.wire.datagram import HEARTBEAT, LEAVE, EventKind, chat, open_server, seal_client
+from ocm.server.passwords import hash_password
+from ocm.server.rooms import RoomService
+from ocm.wire.tcrp import ProtocolError
 
 
 class Peer:

@@ -4,9 +4,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from ocm.datagram import HEARTBEAT, LEAVE, EventKind, chat, encode_event, history, parse_event, send
-from ocm.history import ENTRY_OVERHEAD, History
-from ocm.sends import NEW, STALE, WINDOW, SendWindow
+from ocm.wire.datagram import HEARTBEAT, LEAVE, EventKind, chat, encode_event, history, parse_event, send
+from ocm.server.history import ENTRY_OVERHEAD, History
+from ocm.server.sends import NEW, STALE, WINDOW, SendWindow
 from tests.test_rooms import RoomFixture
 
 MESSAGE, ECHO, HISTORY, EXPIRED = EventKind.MESSAGE, EventKind.ECHO, EventKind.HISTORY, EventKind.EXPIRED

@@ -19,9 +19,9 @@ from typing import Any
 from twisted.internet import defer, protocol, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
-from ocm.service import OcmService
-from ocm.systemd import Notifier
-from ocm.tap import Options, makeService
+from ocm.server.service import OcmService
+from ocm.ops.systemd import Notifier
+from ocm.server.tap import Options, makeService
 from tests import wire
 
 ROOT = Path(__file__).resolve().parent.parent

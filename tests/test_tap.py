@@ -8,8 +8,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
-from ocm import tls
-from ocm.tap import Options, default_data_dir, makeService
+from ocm.server import tls
+from ocm.server.tap import Options, default_data_dir, makeService
 
 
 class OptionsTests(TestCase):

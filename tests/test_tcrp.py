@@ -4,7 +4,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ocm.tcrp import (
+from ocm.wire.tcrp import (
     HEADER_SIZE,
     Op,
     ProtocolError,

@@ -10,10 +10,10 @@ import json
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
-from ocm.datagram import Event, EventKind
-from ocm.tap import Options
-from ocm.tcrp import Op, ProtocolError
-from ocm.web import binding
+from ocm.wire.datagram import Event, EventKind
+from ocm.server.tap import Options
+from ocm.wire.tcrp import Op, ProtocolError
+from ocm.wire import binding
 from ocm.web.chat import WebChatFactory, same_origin
 
 

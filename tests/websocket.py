@@ -1,6 +1,6 @@
 """
 A browser's side of the WebSocket binding for integration tests: autobahn's
-Twisted client, with JSON frames built by hand (not with ocm.web.binding),
+Twisted client, with JSON frames built by hand (not with ocm.wire.binding),
 and every wait bounded.
 """
 

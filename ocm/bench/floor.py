@@ -29,8 +29,8 @@ from typing import Any, Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ocm.relay import enlarge_buffers
-from ocm.tcrp import Op, ProtocolError, RequestParser, Status, encode_complete, encode_response
+from ocm.server.relay import enlarge_buffers
+from ocm.wire.tcrp import Op, ProtocolError, RequestParser, Status, encode_complete, encode_response
 
 
 class Room:
@@ -209,8 +209,8 @@ class OcmPlain(Floor):
 
     def __init__(self, host: str, tcp_port: int, udp_port: int) -> None:
         super().__init__(host, tcp_port, udp_port)
-        from ocm.relay import Relay
-        from ocm.rooms import RoomService
+        from ocm.server.relay import Relay
+        from ocm.server.rooms import RoomService
 
         self.service = RoomService(_WallClock(), max_rooms=100_000, max_members=10_000)
         self.ocm_relay = Relay(self.service)

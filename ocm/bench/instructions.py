@@ -26,9 +26,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ocm import datagram
+from ocm.wire import datagram
 from ocm.bench.floor import Floor, _SocketTransport, _WallClock
-from ocm.tcrp import Op, Request
+from ocm.wire.tcrp import Op, Request
 
 
 def build(server: str, rooms: int, members: int, history: int) -> tuple[Any, Any, list[tuple[bytes, bytes, AESGCM]]]:
@@ -39,8 +39,8 @@ def build(server: str, rooms: int, members: int, history: int) -> tuple[Any, Any
     address = sink.getsockname()
     floor = Floor("127.0.0.1", 0, 0)
     if server == "ocm":
-        from ocm.relay import Relay
-        from ocm.rooms import RoomService
+        from ocm.server.relay import Relay
+        from ocm.server.rooms import RoomService
 
         extra = {"history": history} if history >= 0 else {}  # a version 1 tree has no history
         service = RoomService(

@@ -14,7 +14,7 @@ from twisted.internet import defer, endpoints, ssl
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from ocm.tcrp import Op, ReplyParser, State, encode_request
+from ocm.wire.tcrp import Op, ReplyParser, State, encode_request
 
 T = TypeVar("T")
 JOIN_TIMEOUT = 30.0

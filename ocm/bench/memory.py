@@ -31,11 +31,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet import defer, protocol
 from twisted.internet.task import LoopingCall, deferLater
 
-from ocm import passwords
+from ocm.server import passwords
 from ocm.bench.joins import Joiner, JoinRefused, bounded
 from ocm.bench.spawn import Server
-from ocm.datagram import HEARTBEAT, LEAVE, history, seal_client, send
-from ocm.tcrp import Op
+from ocm.wire.datagram import HEARTBEAT, LEAVE, history, seal_client, send
+from ocm.wire.tcrp import Op
 
 MIB = 1024 * 1024
 BURST_CONCURRENCY = 12  # the burst of the issue that started this: 12 at a time

@@ -70,7 +70,7 @@ def free_port(kind: int, host: str) -> int:
 
 def server_limits() -> set[str]:
     """The long option names C{twistd ocm} accepts in this version."""
-    from ocm.tap import Options
+    from ocm.server.tap import Options
 
     return {p[0] for p in Options.optParameters} | {f[0] for f in Options.optFlags}
 

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ocm.datagram import HEARTBEAT, DatagramError, EventKind, open_server, seal_client, send
+from ocm.wire.datagram import HEARTBEAT, DatagramError, EventKind, open_server, seal_client, send
 
 # Latency histogram: 100 µs buckets up to 10 s, then one overflow bucket.
 BUCKET_US = 100

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ocm.client.errors import EXIT_FAILURE, EXIT_USAGE, ClientError
-from ocm.names import name_problem
+from ocm.wire.names import name_problem
 
 DEFAULT_PORT = 9001
 DEFAULT_BACKLOG = 20

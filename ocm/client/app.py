@@ -43,9 +43,9 @@ from ocm.client.loss import Loss
 from ocm.client.retry import retrying
 from ocm.client.session import ChatSession, Membership
 from ocm.client.tcrp import Reply, Server, list_rooms, request_redirected
-from ocm.datagram import MAX_TEXT, Event, EventKind
-from ocm.names import name_key, name_problem
-from ocm.tcrp import Op, Status
+from ocm.wire.datagram import MAX_TEXT, Event, EventKind
+from ocm.wire.names import name_key, name_problem
+from ocm.wire.tcrp import Op, Status
 
 HELP = [
     "Commands:",

@@ -14,8 +14,8 @@ import time
 import unicodedata
 from typing import Any, Iterable
 
-from ocm.datagram import Event, EventKind
-from ocm.tcrp import Op, Status
+from ocm.wire.datagram import Event, EventKind
+from ocm.wire.tcrp import Op, Status
 
 REPLACEMENT = "\ufffd"
 # Controls (ESC, CR, LF, BEL, C1's CSI...), bidi overrides and other format

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ocm.client.display import sanitize
 from ocm.client.errors import RequestRefused
-from ocm.tcrp import Status
+from ocm.wire.tcrp import Status
 
 T = TypeVar("T")
 

@@ -24,7 +24,7 @@ from ocm.client.errors import ClientError
 from ocm.client.loss import Loss
 from ocm.client.reliable import PROBE_SPAN, Outbox, RoundTrip, Sequencer, Shown, TailProbe
 from ocm.client.tcrp import Reply
-from ocm.datagram import (
+from ocm.wire.datagram import (
     HEARTBEAT,
     KEY_SIZE,
     LEAVE,
@@ -37,9 +37,9 @@ from ocm.datagram import (
     seal_client,
     send,
 )
-from ocm.limits import TokenBucket
-from ocm.names import name_key, name_problem
-from ocm.replay import ReplayWindow
+from ocm.server.limits import TokenBucket
+from ocm.wire.names import name_key, name_problem
+from ocm.server.replay import ReplayWindow
 
 # Chat we send is paced to half the daemon's default flood limit (20 a
 # second, bursts of 40), so a script piping many lines loses none of them.

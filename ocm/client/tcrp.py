@@ -26,7 +26,7 @@ from zope.interface import implementer
 from ocm.client.display import quoted, sanitize, status_sentence
 from ocm.client.errors import ClientError, RequestRefused
 from ocm.client.trust import CATrust, Trust
-from ocm.tcrp import Op, ProtocolError, ReplyParser, State, Status, encode_request
+from ocm.wire.tcrp import Op, ProtocolError, ReplyParser, State, Status, encode_request
 
 # A reply bigger than this is not an ocm server's (a LIST of many rooms fits).
 MAX_REPLY_PAYLOAD = 8 * 1024 * 1024

@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
 from ocm.client.errors import ClientError, UsageError
-from ocm.tls import fingerprint
+from ocm.server.tls import fingerprint
 
 FILE_HEADER = (
     "# ocm known servers: the certificate fingerprint first seen at each host:port.\n"

@@ -38,9 +38,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ocm.cluster.store import BATCH, Claim, DirectoryUnavailable, Store
-from ocm.names import name_key
-from ocm.rooms import Member, Room, RoomService
-from ocm.tcrp import ProtocolError, Status
+from ocm.wire.names import name_key
+from ocm.server.rooms import Member, Room, RoomService
+from ocm.wire.tcrp import ProtocolError, Status
 
 DEFAULT_TTL = 15.0
 

@@ -102,7 +102,7 @@ class DirectoryUnavailable(Exception):
 class Claim:
     """What the directory holds about one room."""
 
-    key: str  # ocm.names.name_key of the name
+    key: str  # ocm.wire.names.name_key of the name
     name: str  # the spelling it was created with
     password: bool
     members: int

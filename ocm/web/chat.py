@@ -2,7 +2,7 @@
 The WebSocket side of a browser member: a thin autobahn adapter between one
 WebSocket and the room service, speaking the JSON binding (L{binding}).
 
-Room requests (list, create, join) go through L{ocm.tcrp_server.answer},
+Room requests (list, create, join) go through L{ocm.server.tcrp_server.answer},
 the same code TCRP runs, under the same per-address request rate and
 password limit. A member's events come from the room service through
 C{deliver}; its lines go to C{RoomService.say}. Liveness is the WebSocket's
@@ -23,13 +23,13 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from ocm.datagram import EventKind, parse_event
-from ocm.limits import address_key
-from ocm.names import name_key
-from ocm.rooms import RoomService, normalize_ip
-from ocm.tcrp import Op, ProtocolError, Request, Status
-from ocm.tcrp_server import TCRPFactory, answer
-from ocm.web import binding
+from ocm.wire.datagram import EventKind, parse_event
+from ocm.server.limits import address_key
+from ocm.wire.names import name_key
+from ocm.server.rooms import RoomService, normalize_ip
+from ocm.wire.tcrp import Op, ProtocolError, Request, Status
+from ocm.server.tcrp_server import TCRPFactory, answer
+from ocm.wire import binding
 
 # Close codes the page tells apart (a server may send only 1000 and
 # 3000-4999; 4000-4999 are the application's).

@@ -1,7 +1,7 @@
 """
 C{--web} for the daemon: checking its options, and building its listener
 (the Site, wrapped in TLS unless C{--web-no-tls}). Kept here so that
-ocm/tap.py only calls in, and so that autobahn is imported only when the
+ocm/server/tap.py only calls in, and so that autobahn is imported only when the
 page is asked for.
 """
 
@@ -14,8 +14,8 @@ from twisted.internet import endpoints
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from ocm.rooms import RoomService
-from ocm.tcrp_server import TCRPFactory
+from ocm.server.rooms import RoomService
+from ocm.server.tcrp_server import TCRPFactory
 
 
 def check_plain_is_local(endpoint: str) -> None:

@@ -1,5 +1,5 @@
 from twisted.application.service import ServiceMaker
 
 ocm = ServiceMaker(
-    "ocm", "ocm.tap", "Online Chat Messenger: chat rooms over TCRP and sealed UDP.", "ocm"
+    "ocm", "ocm.server.tap", "Online Chat Messenger: chat rooms over TCRP and sealed UDP.", "ocm"
 )

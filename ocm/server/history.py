@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from ocm.datagram import EventKind
+from ocm.wire.datagram import EventKind
 
 DEFAULT_COUNT = 100
 DEFAULT_BYTES = 64 * 1024

@@ -14,13 +14,13 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from ocm import tls
+from ocm.server import tls
 from ocm.cluster.url import parse_redis_url
-from ocm.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
-from ocm.rooms import RoomService
-from ocm.service import OcmService
-from ocm.systemd import Notifier
-from ocm.tcrp_server import TCRPFactory
+from ocm.server.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
+from ocm.server.rooms import RoomService
+from ocm.server.service import OcmService
+from ocm.ops.systemd import Notifier
+from ocm.server.tcrp_server import TCRPFactory
 from ocm.web import daemon as web
 
 log = Logger()
@@ -339,7 +339,7 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
             + f" on {config['web-endpoint']}"
         )
     if config["metrics"]:
-        from ocm import metrics
+        from ocm.ops import metrics
 
         service.metrics_endpoint = endpoints.serverFromString(reactor, config["metrics"])
         service.metrics_factory = metrics.site(service)

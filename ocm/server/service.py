@@ -16,11 +16,11 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ocm.hashing import HashPool
-from ocm.relay import Relay, enlarge_buffers
-from ocm.rooms import RoomService
-from ocm.systemd import Notifier
-from ocm.tcrp_server import TCRPFactory
+from ocm.server.hashing import HashPool
+from ocm.server.relay import Relay, enlarge_buffers
+from ocm.server.rooms import RoomService
+from ocm.ops.systemd import Notifier
+from ocm.server.tcrp_server import TCRPFactory
 
 
 class OcmService(service.Service):
@@ -29,7 +29,7 @@ class OcmService(service.Service):
     privileges), starts the liveness sweep, and on stop sends CLOSED to every
     member while the UDP socket is still open, then closes the ports.
     Tells systemd when it is ready and when it stops (L{Notifier}); with
-    C{metrics_factory} set, serves it (ocm.metrics) on C{metrics_endpoint}
+    C{metrics_factory} set, serves it (ocm.ops.metrics) on C{metrics_endpoint}
     until both other ports are closed.
     """
 

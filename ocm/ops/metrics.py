@@ -21,10 +21,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from ocm import __version__
-from ocm.tcrp import Op
+from ocm.wire.tcrp import Op
 
 if TYPE_CHECKING:
-    from ocm.service import OcmService
+    from ocm.server.service import OcmService
 
 # Labels every scrape shows, at 0 until they happen, so rate() and alerts
 # see a series from the start.

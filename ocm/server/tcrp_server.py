@@ -16,11 +16,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ocm import passwords
-from ocm.limits import Buckets, address_key
-from ocm.names import name_key
-from ocm.rooms import RoomService, normalize_ip
-from ocm.tcrp import (
+from ocm.server import passwords
+from ocm.server.limits import Buckets, address_key
+from ocm.wire.names import name_key
+from ocm.server.rooms import RoomService, normalize_ip
+from ocm.wire.tcrp import (
     DEFAULT_MAX_PAYLOAD,
     Op,
     ProtocolError,
@@ -316,7 +316,7 @@ class TCRPFactory(Factory):
         # max_refusing they are dropped without an answer.
         self.refusing = 0
         self.max_refusing = 256
-        # For the metrics (ocm.metrics reads them when scraped): answers by
+        # For the metrics (ocm.ops.metrics reads them when scraped): answers by
         # (operation, status), refusals by limit, failed TLS handshakes, and
         # a hook told of each COMPLETE of a CREATE or JOIN with its seconds
         # since accept.

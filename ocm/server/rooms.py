@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ocm.datagram import (
+from ocm.wire.datagram import (
     MAX_TEXT,
     DatagramError,
     EventKind,
@@ -40,16 +40,16 @@ from ocm.datagram import (
     parse_message,
     server_nonce,
 )
-from ocm.history import DEFAULT_BYTES as DEFAULT_HISTORY_BYTES
-from ocm.history import DEFAULT_COUNT as DEFAULT_HISTORY
-from ocm.history import History
-from ocm.limits import TokenBucket
-from ocm.names import name_key
-from ocm.passwords import PasswordHash
-from ocm.replay import ReplayWindow
-from ocm.sends import NEW, STALE, SendWindow
-from ocm.sends import SLOTS as _SEND_SLOTS
-from ocm.tcrp import ProtocolError, Status
+from ocm.server.history import DEFAULT_BYTES as DEFAULT_HISTORY_BYTES
+from ocm.server.history import DEFAULT_COUNT as DEFAULT_HISTORY
+from ocm.server.history import History
+from ocm.server.limits import TokenBucket
+from ocm.wire.names import name_key
+from ocm.server.passwords import PasswordHash
+from ocm.server.replay import ReplayWindow
+from ocm.server.sends import NEW, STALE, SendWindow
+from ocm.server.sends import SLOTS as _SEND_SLOTS
+from ocm.wire.tcrp import ProtocolError, Status
 
 Address = tuple  # (host, port) as the relay's transport gives it
 Send = Callable[[bytes, Address], Any]

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from ocm.rooms import RoomService
+from ocm.server.rooms import RoomService
 
 # Send errors that mean "this one datagram is lost", never "stop serving".
 _TRANSIENT = {

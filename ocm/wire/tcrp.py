@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ocm.names import name_problem
+from ocm.wire.names import name_problem
 
 HEADER_SIZE = 32
 MAX_PAYLOAD_FIELD = (1 << (29 * 8)) - 1

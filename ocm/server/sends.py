@@ -3,7 +3,7 @@ Acknowledged sends (PROTOCOL 1.1 §2, SEND): per member, which msg_ids were
 relayed and the seq each got, so a retransmission is answered with the same
 ECHO and relayed to no one.
 
-The replay window's idea (ocm/replay.py) for msg_ids, with a seq per slot
+The replay window's idea (ocm/server/replay.py) for msg_ids, with a seq per slot
 instead of a bit: C{highest} and the 64 below it, in a ring of 65 8-byte
 slots (about 600 bytes, made on a member's first SEND, so a version 1
 member never pays for it).

@@ -32,7 +32,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from ocm.tcrp import ProtocolError, Status
+from ocm.wire.tcrp import ProtocolError, Status
 
 log = Logger()
 

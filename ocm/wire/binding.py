@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ocm.datagram import MAX_MSG_ID, MAX_TEXT, Event, EventKind
-from ocm.names import name_problem
-from ocm.tcrp import MAX_PASSWORD_BYTES, Op, ProtocolError, Status
+from ocm.wire.datagram import MAX_MSG_ID, MAX_TEXT, Event, EventKind
+from ocm.wire.names import name_problem
+from ocm.wire.tcrp import MAX_PASSWORD_BYTES, Op, ProtocolError, Status
 
 MAX_SEQ = (1 << 64) - 1
 

@@ -1,0 +1,1 @@
+"""Operations: metrics, systemd readiness, the operator's admin socket."""

@@ -1,0 +1,1 @@
+"""The daemon: the room service, what it uses, the front desk and the listeners."""

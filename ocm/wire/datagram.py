@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -41,6 +42,7 @@ class Kind(enum.IntEnum):
     LEAVE = 0x03
     HISTORY = 0x04  # 1.1
     SEND = 0x05  # 1.1
+    COMMAND = 0x06  # 1.2
 
 
 class EventKind(enum.IntEnum):
@@ -54,6 +56,57 @@ class EventKind(enum.IntEnum):
     HISTORY = 0x08  # 1.1
     ECHO = 0x09  # 1.1
     EXPIRED = 0x0A  # 1.1
+    PONG = 0x0B  # 1.2
+    RESTARTING = 0x0C  # 1.2
+    KICKED = 0x0D  # 1.2
+    BANNED = 0x0E  # 1.2
+    UNBANNED = 0x0F  # 1.2
+    MUTED = 0x10  # 1.2
+    UNMUTED = 0x11  # 1.2
+    HOST = 0x12  # 1.2
+    REFUSED = 0x13  # 1.2
+
+
+# (1.2) A numbered event resent by HISTORY to a 1.2 member keeps its kind
+# with this bit set: 0x81 a resent MESSAGE, 0x84 a resent JOINED, ...
+RESENT = 0x80
+
+# (1.2) The events that change a room and take its next seq (PROTOCOL §3,
+# "Numbering").
+NUMBERED = frozenset({
+    EventKind.MESSAGE, EventKind.JOINED, EventKind.LEFT, EventKind.TIMED_OUT,
+    EventKind.KICKED, EventKind.BANNED, EventKind.UNBANNED, EventKind.MUTED,
+    EventKind.UNMUTED, EventKind.HOST, EventKind.CLOSED,
+})
+
+MAX_COMMAND = 1024  # bytes of COMMAND's JSON
+MAX_REASON = 200  # bytes of a moderation reason
+
+
+class CommandOp(str, enum.Enum):
+    """COMMAND's ops (1.2)."""
+
+    KICK = "kick"
+    BAN = "ban"
+    UNBAN = "unban"
+    MUTE = "mute"
+    UNMUTE = "unmute"
+    HOST = "host"
+
+
+# The ops whose name must be a member now (the others act on the name alone).
+NEEDS_MEMBER = frozenset({CommandOp.KICK, CommandOp.MUTE, CommandOp.UNMUTE, CommandOp.HOST})
+
+
+@dataclass(frozen=True)
+class Command:
+    op: CommandOp
+    name: str
+    reason: str = ""
+
+
+class CommandRefused(Exception):
+    """A COMMAND that is answered with REFUSED; C{args[0]} says why, for a person."""
 
 
 class DatagramError(Exception):
@@ -101,7 +154,8 @@ class Event:
     time_ms: int
     name: str
     text: str
-    msg_id: int = 0  # ECHO's: its text is these 4 bytes, not UTF-8
+    msg_id: int = 0  # ECHO's and REFUSED's: the 4 bytes at the head of its text
+    resent: bool = False  # 1.2: a numbered event resent by HISTORY (kind | RESENT on the wire)
 
 
 # Envelope(...) runs a Python __new__; this builds the same tuple in C, once
@@ -145,7 +199,7 @@ def open_envelope(aead: AESGCM, envelope: Envelope) -> bytes:
 # Enum members as plain module names: on Python 3.11 each Kind.X lookup
 # costs about 0.35 us, and the datagram path made several per datagram.
 _CHAT, _HEARTBEAT, _LEAVE = Kind.CHAT, Kind.HEARTBEAT, Kind.LEAVE
-_HISTORY, _SEND = Kind.HISTORY, Kind.SEND
+_HISTORY, _SEND, _COMMAND = Kind.HISTORY, Kind.SEND, Kind.COMMAND
 _HEARTBEAT_MESSAGE = (_HEARTBEAT, "", 0, 0, b"")
 _LEAVE_MESSAGE = (_LEAVE, "", 0, 0, b"")
 
@@ -190,7 +244,57 @@ def parse_message(inner: bytes) -> tuple[int, str, int, int, bytes]:
         if not 1 <= first <= last:
             raise DatagramError("malformed", f"HISTORY range {first}..{last}")
         return _HISTORY, "", first, last, b""
+    if kind == _COMMAND:
+        # Only the frame is checked here: a COMMAND whose JSON is wrong is
+        # still answered (REFUSED), so parse_command judges the body.
+        size = len(inner)
+        if size < 6 or size > MAX_COMMAND + 5:
+            raise DatagramError("malformed", f"COMMAND of {size} bytes")
+        msg_id = _msg_id.unpack_from(inner, 1)[0]
+        if not msg_id:
+            raise DatagramError("malformed", "msg_id 0")
+        return _COMMAND, "", msg_id, 0, inner[5:]
     raise DatagramError("malformed", f"unknown kind {kind}")
+
+
+def reason_problem(reason: str) -> str | None:
+    """Why a moderation reason is refused, or None: at most 200 bytes, no control characters."""
+    if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON:
+        return f"the reason is over {MAX_REASON} bytes"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in reason):
+        return "the reason has control characters"
+    return None
+
+
+def parse_command(raw: bytes) -> Command:
+    """
+    COMMAND's JSON body (1.2) as a value, or L{CommandRefused} saying why
+    not. The name is checked only for its type and size here: whether it
+    names a member is the room's to say.
+    """
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise CommandRefused("the command is not a JSON object")
+    if not isinstance(body, dict):
+        raise CommandRefused("the command is not a JSON object")
+    op = body.get("op")
+    try:
+        op = CommandOp(op)
+    except ValueError:
+        raise CommandRefused(f"unknown command {str(op)[:40]!r}")
+    name = body.get("name")
+    if not isinstance(name, str) or not name or len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise CommandRefused("the command names no member")
+    reason = body.get("reason", "")
+    if reason is None:
+        reason = ""
+    if not isinstance(reason, str):
+        raise CommandRefused("the reason is not a string")
+    problem = reason_problem(reason)
+    if problem:
+        raise CommandRefused(problem)
+    return Command(op, name, reason)
 
 
 def read_message(inner: bytes) -> Message:
@@ -219,6 +323,19 @@ def send(msg_id: int, text: str) -> bytes:
 def history(first: int, last: int) -> bytes:
     """HISTORY (1.1): ask for the room's messages first..last again."""
     return bytes((Kind.HISTORY,)) + _range.pack(first, last)
+
+
+def command(msg_id: int, op: str, name: str, reason: str = "") -> bytes:
+    """COMMAND (1.2): a moderation request from the host."""
+    body: dict[str, str] = {"op": op, "name": name}
+    if reason:
+        body["reason"] = reason
+    return bytes((Kind.COMMAND,)) + _msg_id.pack(msg_id) + json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def refused_text(msg_id: int, why: str) -> bytes:
+    """REFUSED's text (1.2): the refused request's msg_id, then why."""
+    return _msg_id.pack(msg_id) + why.encode("utf-8")
 
 
 HEARTBEAT = bytes((Kind.HEARTBEAT,))
@@ -262,13 +379,22 @@ def parse_event(inner: bytes) -> Event:
     end = _event_head.size + name_size
     if len(inner) < end:
         raise DatagramError("malformed", "event name overruns")
+    resent = False
+    if kind & RESENT:
+        kind &= ~RESENT
+        resent = True
     try:
         name = inner[_event_head.size : end].decode("utf-8")
-        if kind == EventKind.ECHO:
+        if kind == EventKind.ECHO and not resent:
             if len(inner) - end != _msg_id.size:
                 raise DatagramError("malformed", "ECHO text is not a msg_id")
             return Event(kind, seq, time_ms, name, "", _msg_id.unpack_from(inner, end)[0])
+        if kind == EventKind.REFUSED and not resent:
+            if len(inner) - end < _msg_id.size:
+                raise DatagramError("malformed", "REFUSED text has no msg_id")
+            why = inner[end + _msg_id.size :].decode("utf-8")
+            return Event(kind, seq, time_ms, name, why, _msg_id.unpack_from(inner, end)[0])
         text = inner[end:].decode("utf-8")
     except UnicodeDecodeError:
         raise DatagramError("malformed", "event text is not UTF-8")
-    return Event(kind, seq, time_ms, name, text)
+    return Event(kind, seq, time_ms, name, text, 0, resent)

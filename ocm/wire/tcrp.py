@@ -37,6 +37,7 @@ class Status(enum.IntEnum):
     REDIRECT = 307
     BAD_REQUEST = 400
     UNAUTHORIZED = 401
+    FORBIDDEN = 403  # 1.2: banned from the room
     NOT_FOUND = 404
     CONFLICT = 409
     TOO_LARGE = 413
@@ -104,6 +105,13 @@ class Request:
     room: str
     username: str = ""
     password: str = ""
+    # (1.2) The version the member asked to be served: "1.2", or "1.1" for
+    # anything else (absent, or a version this server does not know).
+    version: str = "1.1"
+
+
+# Versions a member may ask for (PROTOCOL §1, 1.2); any other is served 1.1.
+VERSIONS = ("1.1", "1.2")
 
 
 def parse_header(data: bytes) -> Header:
@@ -253,7 +261,8 @@ def parse_request(op: int, room_bytes: bytes, payload: bytes) -> Request:
         raise ProtocolError(
             Status.BAD_REQUEST, f"password is over {MAX_PASSWORD_BYTES} bytes"
         )
-    return Request(Op(op), room, username, password)
+    version = body.get("version")
+    return Request(Op(op), room, username, password, version if version in VERSIONS else "1.1")
 
 
 class ReplyParser:

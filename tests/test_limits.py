@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from ocm.server.tcrp_server import complete_body
 from ocm.wire.datagram import HEARTBEAT, chat
 from ocm.server.limits import Buckets, TokenBucket
 from ocm.server.passwords import hash_password
@@ -52,8 +53,8 @@ class FloodTests(SynchronousTestCase):
         self.sent = []
         self.service = RoomService(self.clock, member_rate=20, member_burst=40,
                                    send=lambda d, a: self.sent.append((d, a)))
-        self.flooder = Peer(self, self.service.complete_body(self.service.create_room("R", "flood", "10.0.0.1", None)), room="R")
-        self.calm = Peer(self, self.service.complete_body(self.service.join_room("R", "calm", "10.0.0.2")),
+        self.flooder = Peer(self, complete_body(self.service, self.service.create_room("R", "flood", "10.0.0.1", None)), room="R")
+        self.calm = Peer(self, complete_body(self.service, self.service.join_room("R", "calm", "10.0.0.2")),
                          ip="10.0.0.2", room="R")
 
     def test_a_flood_relays_at_most_the_rate_and_others_get_through(self):

@@ -7,6 +7,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from ocm.server.tcrp_server import complete_body
 from ocm.wire.datagram import HEARTBEAT, LEAVE, EventKind, chat, open_server, seal_client
 from ocm.server.passwords import hash_password
 from ocm.server.rooms import RoomService
@@ -53,11 +54,11 @@ class RoomFixture(SynchronousTestCase):
 
     def create(self, room="Lobby", user="alice", ip="10.0.0.1", port=5000, password=None):
         m = self.service.create_room(room, user, ip, password)
-        return Peer(self, self.service.complete_body(m), ip, port, room)
+        return Peer(self, complete_body(self.service, m), ip, port, room)
 
     def join(self, room="Lobby", user="bob", ip="10.0.0.2", port=5001):
         m = self.service.join_room(room, user, ip)
-        return Peer(self, self.service.complete_body(m), ip, port, room)
+        return Peer(self, complete_body(self.service, m), ip, port, room)
 
     def status(self, f, *args):
         with self.assertRaises(ProtocolError) as cm:

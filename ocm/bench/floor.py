@@ -29,6 +29,7 @@ from typing import Any, Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ocm.server.tcrp_server import complete_body
 from ocm.server.relay import enlarge_buffers
 from ocm.wire.tcrp import Op, ProtocolError, RequestParser, Status, encode_complete, encode_response
 
@@ -224,7 +225,7 @@ class OcmPlain(Floor):
             member = self.service.join_room(request.room, request.username, "127.0.0.1")
         else:
             return {"rooms": self.service.list_rooms()}
-        return self.service.complete_body(member)
+        return complete_body(self.service, member)
 
     def relay(self) -> None:
         recvfrom = self.udp.recvfrom

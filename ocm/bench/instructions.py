@@ -26,6 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ocm.server.tcrp_server import complete_body
 from ocm.wire import datagram
 from ocm.bench.floor import Floor, _SocketTransport, _WallClock
 from ocm.wire.tcrp import Op, Request
@@ -57,7 +58,7 @@ def build(server: str, rooms: int, members: int, history: int) -> tuple[Any, Any
             else:
                 m = service.join_room(room, user, "127.0.0.1")
             m.address = address
-            return service.complete_body(m)
+            return complete_body(service, m)
     else:
         handler = floor.on_datagram()
 

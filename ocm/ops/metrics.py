@@ -64,7 +64,7 @@ class OcmCollector(Collector):
         yield GaugeMetricFamily("ocm_up", "1 while both listeners are up and the daemon is not stopping.",
                                 value=1 if svc.healthy() else 0)
         yield GaugeMetricFamily("ocm_rooms", "Rooms open now.", value=len(rooms.rooms))
-        yield GaugeMetricFamily("ocm_members", "Members in all rooms now.", value=len(rooms.tokens))
+        yield GaugeMetricFamily("ocm_members", "Members in all rooms now.", value=rooms.member_count)
         yield GaugeMetricFamily("ocm_tcrp_connections", "TCRP connections open now.", value=tcrp.active)
 
         requests = CounterMetricFamily(

@@ -8,21 +8,22 @@ C{send(data, address)} callable that the relay provides (the socket's own
 C{sendto}: one Python frame less per delivery); an C{OSError} from it costs
 that one delivery, is counted, and goes to C{send_failed}.
 
-A member without a UDP address of its own (a browser, over a WebSocket) is
-given a C{deliver(event)} callable instead: it receives each event as the
-plaintext inner event and carries it over its own transport. Such members
-speak through L{RoomService.say}, L{RoomService.request_history},
-L{RoomService.touch} and L{RoomService.leave}, under the same rules as
-datagrams.
+A member is delivered to through one of two transports. A UDP member (the
+TCRP kind) has a token, a key and an address, and is sealed to in the
+fan-out's own loop: that loop is the daemon's hot path. Any other member (a
+browser over a WebSocket, an IRC client) has a L{MemberTransport} instead,
+no token and no key: it is handed each event as an L{Event} value and
+carries it over its own connection. Such members speak through
+L{RoomService.say}, L{RoomService.request_history}, L{RoomService.touch}
+and L{RoomService.leave}, under the same rules as datagrams.
 """
 
 from __future__ import annotations
 
-import base64
 import secrets
 import struct
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.interfaces import IReactorTime
@@ -32,11 +33,13 @@ from twisted.logger import Logger
 from ocm.wire.datagram import (
     MAX_TEXT,
     DatagramError,
+    Event,
     EventKind,
     Kind,
     encode_event,
     open_envelope,
     parse_envelope,
+    parse_event,
     parse_message,
     server_nonce,
 )
@@ -54,7 +57,18 @@ from ocm.wire.tcrp import ProtocolError, Status
 Address = tuple  # (host, port) as the relay's transport gives it
 Send = Callable[[bytes, Address], Any]
 SendFailed = Callable[[OSError, Address], None]
-Deliver = Callable[[bytes], Any]
+
+
+class MemberTransport(Protocol):
+    """
+    How a member without UDP is reached: a WebSocket, an IRC connection.
+    C{deliver} is called inside the room's fan-out, once per event for this
+    member, so it must not raise and must not block: it queues (bounded)
+    and returns.
+    """
+
+    def deliver(self, event: Event) -> None: ...
+
 
 VERSION = "1.1"
 
@@ -87,19 +101,20 @@ class Member:
     # they share the object's first cache line.
     __slots__ = (
         "aead", "address", "sent", "name", "name_bytes", "room", "token", "key",
-        "ip", "window", "last_seen", "bucket", "sends", "deliver",
+        "ip", "window", "last_seen", "bucket", "sends", "transport",
     )
 
     def __init__(
         self, name: str, room: Room, ip: str, now: float, bucket: TokenBucket,
-        deliver: Deliver | None = None,
+        transport: MemberTransport | None = None,
     ) -> None:
         self.name = name
         self.name_bytes = name.encode()
         self.room = room
-        self.token = secrets.token_hex(TOKEN_BYTES)
-        self.key = secrets.token_bytes(32)
-        self.aead = AESGCM(self.key)
+        # Only a UDP member has a token and a key: nobody else would use them.
+        self.token = "" if transport is not None else secrets.token_hex(TOKEN_BYTES)
+        self.key = b"" if transport is not None else secrets.token_bytes(32)
+        self.aead = AESGCM(self.key) if transport is None else None
         self.ip = ip
         self.address: Address | None = None
         self.window = ReplayWindow()
@@ -107,7 +122,7 @@ class Member:
         self.sent = 0  # the server's nonce counter for this recipient
         self.bucket = bucket  # datagrams this member may still send now
         self.sends: SendWindow | None = None  # made on the first SEND
-        self.deliver = deliver  # a member with no UDP address of its own
+        self.transport = transport  # None for a UDP member
 
     @property
     def is_host(self) -> bool:
@@ -128,7 +143,7 @@ class Room:
         self.host: Member | None = None
         self.seq = 0
         self.history = history
-        # Members delivered to through deliver() (browsers), also in members.
+        # Members with a MemberTransport (browsers, IRC), also in members.
         self.others: list[Member] = []
 
 
@@ -169,7 +184,8 @@ class RoomService:
         # Told of each failed send after it is counted; the relay logs the unusual ones.
         self.send_failed: SendFailed = lambda error, address: None
         self.rooms: dict[str, Room] = {}
-        self.tokens: dict[bytes, Member] = {}
+        self.tokens: dict[bytes, Member] = {}  # UDP members by token
+        self.member_count = 0  # every member, whatever its transport
         self.drops: Counter[str] = Counter()
         # Plain integers, counted where things happen; read through stats.
         self.received = 0  # datagrams handed to datagram_received
@@ -231,13 +247,13 @@ class RoomService:
 
     def create_room(
         self, room: str, username: str, ip: str, password: PasswordHash | None,
-        deliver: Deliver | None = None,
+        transport: MemberTransport | None = None,
     ) -> Member:
         self.check_create(room)
         history = History(self.history, self.history_bytes) if self.history else None
         r = Room(room, password, history)
         self.rooms[name_key(room)] = r
-        member = self._add(r, username, ip, deliver)
+        member = self._add(r, username, ip, transport)
         r.host = member
         self.log.info(
             "room {room!r} created by {user!r} from {ip}{locked}",
@@ -254,7 +270,7 @@ class RoomService:
 
     def join_room(
         self, room: str, username: str, ip: str, expected: Room | None = None,
-        deliver: Deliver | None = None,
+        transport: MemberTransport | None = None,
     ) -> Member:
         """
         Add a member. C{expected} is the room whose password was checked: if
@@ -267,16 +283,18 @@ class RoomService:
             raise ProtocolError(Status.CONFLICT, f"username {username!r} is taken in room {r.name!r}")
         if len(r.members) >= self.max_members:
             raise ProtocolError(Status.UNAVAILABLE, f"room {r.name!r} is full")
-        member = self._add(r, username, ip, deliver)
+        member = self._add(r, username, ip, transport)
         self.log.info("{user!r} joined room {room!r} from {ip}", user=username, room=r.name, ip=ip)
         self._broadcast(r, EventKind.JOINED, 0, member.name_bytes, b"", exclude=member)
         return member
 
-    def complete_body(self, member: Member) -> dict[str, Any]:
+    def joined_body(self, member: Member) -> dict[str, Any]:
+        """
+        What every way in tells a new member about its room (COMPLETE's
+        transport-neutral keys); each listener adds its own (TCRP: the
+        token, key and UDP port).
+        """
         return {
-            "token": member.token,
-            "key": base64.b64encode(member.key).decode(),
-            "udp_port": self.udp_port,
             "host": member.is_host,
             "members": [m.name for m in member.room.members.values()],
             "timeout": self.timeout,
@@ -286,13 +304,15 @@ class RoomService:
             "history": self.history,
         }
 
-    def _add(self, room: Room, username: str, ip: str, deliver: Deliver | None = None) -> Member:
+    def _add(self, room: Room, username: str, ip: str, transport: MemberTransport | None = None) -> Member:
         now = self.clock.seconds()
         bucket = TokenBucket(self.member_rate, self.member_burst, now)
-        member = Member(username, room, normalize_ip(ip), now, bucket, deliver)
+        member = Member(username, room, normalize_ip(ip), now, bucket, transport)
         room.members[name_key(username)] = member
-        self.tokens[member.token.encode()] = member
-        if deliver is not None:
+        self.member_count += 1
+        if transport is None:
+            self.tokens[member.token.encode()] = member
+        else:
             room.others.append(member)
         return member
 
@@ -344,10 +364,7 @@ class RoomService:
                     sends.highest = number
                     self.echoes += 1
                     name = member.name_bytes
-                    self._broadcast(
-                        room, _MESSAGE, seq, name, raw, member,
-                        _echo(_ECHO, seq, int(now * 1000), len(name)) + name + _msg_id(number),
-                    )
+                    self._broadcast(room, _MESSAGE, seq, name, raw, member, number)
                 else:
                     self._say(member, raw, number)
             elif kind == _CHAT:
@@ -383,10 +400,7 @@ class RoomService:
         room.seq += 1
         seq = room.seq
         sends.record(msg_id, seq)
-        self._broadcast(
-            room, _MESSAGE, seq, member.name_bytes, text, member,
-            encode_event(_ECHO, seq, time_ms, member.name_bytes, _msg_id(msg_id)),
-        )
+        self._broadcast(room, _MESSAGE, seq, member.name_bytes, text, member, msg_id)
 
     def _history(self, member: Member, first: int, last: int) -> None:
         """HISTORY: resend what the room holds of first..last, to the asker only."""
@@ -478,18 +492,23 @@ class RoomService:
         name: bytes,
         text: bytes,
         exclude: Member | None = None,
-        echo: bytes | None = None,
+        echo_id: int = 0,
     ) -> None:
         """
-        One event to every member. C{exclude}, the member the event is from
-        or about, gets C{echo} instead if given (a SEND's ECHO, sealed in the
-        same loop), else nothing (a JOINED's newcomer).
+        The one fan-out: an event to every member, over its transport.
+        C{exclude}, the member the event is from or about, gets the ECHO of
+        its msg_id C{echo_id} instead if given (a SEND's, sealed in the same
+        loop), else nothing (a JOINED's newcomer).
         """
-        event = encode_event(kind, seq, int(self.clock.seconds() * 1000), name, text)
+        time_ms = int(self.clock.seconds() * 1000)
+        event = encode_event(kind, seq, time_ms, name, text)
         if kind == _MESSAGE:
             history = room.history
             if history is not None:
                 history.add(seq, event)
+        echo = None
+        if echo_id:
+            echo = _echo(_ECHO, seq, time_ms, len(name)) + name + _msg_id(echo_id)
         send = self.send
         nonce = server_nonce  # seal_server, inlined: this loop runs once per delivery
         for m in room.members.values():
@@ -510,16 +529,21 @@ class RoomService:
                 self.drops["send"] += 1
                 self.send_failed(e, address)
         if room.others:
+            value = Event(kind, seq, time_ms, name.decode(), text.decode())
             for m in room.others:
                 if m is not exclude:
-                    m.deliver(event)
-                elif echo is not None:
-                    m.deliver(echo)
+                    m.transport.deliver(value)
+                elif echo_id:
+                    m.transport.deliver(Event(_ECHO, seq, time_ms, value.name, "", echo_id))
 
     def _send_to(self, member: Member, event: bytes) -> None:
-        """One event to one member, over whichever transport it has."""
-        if member.deliver is not None:
-            member.deliver(event)
+        """
+        One event to one member, over whichever transport it has. Only the
+        rare events come this way (a repeat's ECHO, HISTORY, EXPIRED), so a
+        transport member's is parsed here from the bytes a UDP one is sealed.
+        """
+        if member.transport is not None:
+            member.transport.deliver(parse_event(event))
             return
         address = member.address
         if address is None:
@@ -533,9 +557,11 @@ class RoomService:
             self.send_failed(e, address)
 
     def _forget(self, member: Member) -> None:
-        del self.tokens[member.token.encode()]
-        self._departed_sent += member.sent
-        if member.deliver is not None:
+        self.member_count -= 1
+        if member.transport is None:
+            del self.tokens[member.token.encode()]
+            self._departed_sent += member.sent
+        else:
             member.room.others.remove(member)
 
     def _remove(self, member: Member, timed_out: bool) -> None:

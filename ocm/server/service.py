@@ -154,7 +154,7 @@ class OcmService(service.Service):
         metrics = f", metrics on {_where(self.metrics)}" if self.metrics is not None else ""
         return (
             f"TCRP ({tls}) on {_where(self.tcp)}, UDP on port {self.rooms.udp_port}{metrics}; "
-            f"{len(self.rooms.rooms)} rooms, {len(self.rooms.tokens)} members"
+            f"{len(self.rooms.rooms)} rooms, {self.rooms.member_count} members"
         )
 
     def healthy(self) -> bool:

@@ -5,6 +5,7 @@ plain) and the room service. One request per connection, PROTOCOL §1.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections import Counter
 from typing import Any, Callable
@@ -19,7 +20,7 @@ from zope.interface import implementer
 from ocm.server import passwords
 from ocm.server.limits import Buckets, address_key
 from ocm.wire.names import name_key
-from ocm.server.rooms import RoomService, normalize_ip
+from ocm.server.rooms import Member, MemberTransport, RoomService, normalize_ip
 from ocm.wire.tcrp import (
     DEFAULT_MAX_PAYLOAD,
     Op,
@@ -42,26 +43,38 @@ _OK_MESSAGES = {
 }
 
 
+def complete_body(service: RoomService, member: Member) -> dict[str, Any]:
+    """TCRP's COMPLETE for a CREATE or JOIN: the room, and the UDP channel's token, key and port."""
+    body = service.joined_body(member)
+    body["token"] = member.token
+    body["key"] = base64.b64encode(member.key).decode()
+    body["udp_port"] = service.udp_port
+    return body
+
+
 async def answer(
     factory: TCRPFactory,
     request: Request,
     ip: str,
     gone: Callable[[], bool],
-    deliver: Callable[[bytes], Any] | None = None,
-) -> dict[str, Any] | None:
+    transport: MemberTransport | None = None,
+) -> tuple[Member | None, dict[str, Any]] | None:
     """
-    Carry out a valid LIST, CREATE or JOIN from C{ip}: the COMPLETE body, or
-    a L{ProtocolError} to refuse it with, or None if the asker is C{gone}
-    once the password work is done. TCRP and the WebSocket binding both
-    answer through here; C{deliver} makes a browser member (see RoomService).
+    Carry out a valid LIST, CREATE or JOIN from C{ip}: the new member (None
+    for a LIST) and the reply's body, or a L{ProtocolError} to refuse it
+    with, or None if the asker is C{gone} once the password work is done.
+    TCRP and the WebSocket binding both answer through here; C{transport}
+    makes a member without UDP (see RoomService), whose body has no token
+    or key.
     """
     service = factory.service
     # Cluster mode: the shared room directory (ocm.cluster), else None.
     directory = factory.directory
-    member_kw: dict[str, Any] = {} if deliver is None else {"deliver": deliver}
+    member_kw: dict[str, Any] = {} if transport is None else {"transport": transport}
+    body = service.joined_body if transport is not None else lambda m: complete_body(service, m)
     if request.op == Op.LIST_ROOMS:
         rooms = service.list_rooms() if directory is None else await directory.list_rooms()
-        return {"rooms": rooms}
+        return None, {"rooms": rooms}
     if request.op == Op.CREATE_ROOM:
         service.check_create(request.room)
         hashed = None
@@ -78,7 +91,7 @@ async def answer(
             )
             if member is None:
                 return None
-        return service.complete_body(member)
+        return member, body(member)
     if directory is not None:
         await directory.route_join(request.room)
     room = service.room_for_join(request.room)
@@ -87,7 +100,7 @@ async def answer(
     if gone():
         return None
     member = service.join_room(request.room, request.username, ip, expected=room, **member_kw)
-    return service.complete_body(member)
+    return member, body(member)
 
 
 async def check_password(
@@ -199,9 +212,10 @@ class TCRPServerProtocol(Protocol):
 
     async def _handle(self, request: Request) -> None:
         try:
-            body = await answer(self.factory, request, self.peer_ip, lambda: not self.connected)
-            if body is None:
+            answered = await answer(self.factory, request, self.peer_ip, lambda: not self.connected)
+            if answered is None:
                 return
+            body = answered[1]
         except ProtocolError as e:
             self._refuse(e)
             return

@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from ocm.wire.datagram import EventKind, parse_event
+from ocm.wire.datagram import Event, EventKind
 from ocm.server.limits import address_key
 from ocm.wire.names import name_key
 from ocm.server.rooms import RoomService, normalize_ip
@@ -291,8 +291,8 @@ class ChatSocket(WebSocketServerProtocol):
                         retry_after=bucket.wait(now),
                     )
                 request = Request(frame.op, frame.room, frame.username, frame.password)
-                deliver = None if frame.op == Op.LIST_ROOMS else self._deliver
-                body = await answer(tcrp, request, self.ip, lambda: self._ended, deliver)
+                transport = None if frame.op == Op.LIST_ROOMS else self
+                answered = await answer(tcrp, request, self.ip, lambda: self._ended, transport)
             except ProtocolError as e:
                 f.refusals[e.status] += 1
                 self._log.info("refused {status} to {ip} (web): {why}",
@@ -304,18 +304,15 @@ class ChatSocket(WebSocketServerProtocol):
         finally:
             self._asking = False
             self._rearm_idle()
-        if body is None:
+        if answered is None:
             return
-        if frame.op != Op.LIST_ROOMS:
-            self.member = self._member_from(body)
+        member, body = answered
+        if member is not None:
+            self.member = member
             self._cancel_idle()
         room = body.get("room", frame.room)
         self._send(binding.encode_response(frame.op, room, Status.OK, _OK_MESSAGES[frame.op]))
         self._send(binding.encode_complete(frame.op, room, body))
-
-    def _member_from(self, body: dict[str, Any]) -> Any:
-        """The member a create or join just made, by its token."""
-        return self.factory.service.tokens[body["token"].encode()]
 
     def _still_member(self) -> bool:
         member = self.member
@@ -323,14 +320,14 @@ class ChatSocket(WebSocketServerProtocol):
 
     # -- events out ---------------------------------------------------------
 
-    def _deliver(self, event: bytes) -> None:
+    def deliver(self, parsed: Event) -> None:
         """
-        Called by the room service, inside its fan-out, with each event for
-        this member: it must not raise, or the members after it would miss
-        the event.
+        The member transport (ocm.server.rooms.MemberTransport): called by
+        the room service, inside its fan-out, with each event for this
+        member. It must not raise, or the members after it would miss the
+        event.
         """
         try:
-            parsed = parse_event(event)
             text = binding.encode_event(parsed)
             if text is not None:
                 self._send(text)

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ocm.server.tcrp_server import complete_body
 from ocm.wire.datagram import HEARTBEAT, chat
-from ocm.server.limits import Buckets, TokenBucket
+from ocm.server.limits import Buckets, ConnectionCaps, TokenBucket
 from ocm.server.passwords import hash_password
 from ocm.server.rooms import RoomService
 from ocm.wire.tcrp import ReplyParser, encode_request
@@ -364,3 +364,32 @@ class CrowdTests(SynchronousTestCase):
         statuses = [join(f"2001:db8:0:1::{i + 1:x}", f"g{i}", "wrong") for i in range(55)]
         self.assertEqual(statuses, [401] * 50 + [429] * 5)
         self.assertEqual(join("2001:db8:0:2::1", "other", "right"), 200)
+
+
+class ConnectionCapsTests(SynchronousTestCase):
+    """One key on admit and release: issue 20's IPv6 lockout, at its cause."""
+
+    def test_an_ipv6_slash_64_is_released_as_it_was_admitted(self):
+        caps = ConnectionCaps(10, 3)
+        for host in ("2001:db8::1", "2001:db8::2", "2001:db8::3"):
+            self.assertIsNone(caps.admit(host))
+        self.assertEqual(caps.admit("2001:db8::4"), "per_address")
+        for host in ("2001:db8::1", "2001:db8::2", "2001:db8::3"):
+            caps.release(host)
+        self.assertEqual((caps.active, caps.per_address), (0, {}))
+        self.assertIsNone(caps.admit("2001:db8::5"))
+
+    def test_never_below_zero(self):
+        caps = ConnectionCaps(10, 3)
+        caps.release("10.0.0.1")
+        caps.admit("10.0.0.1")
+        caps.release("10.0.0.1")
+        caps.release("10.0.0.1")
+        self.assertEqual((caps.active, caps.per_address), (0, {}))
+
+    def test_total_cap(self):
+        caps = ConnectionCaps(2, 5)
+        self.assertIsNone(caps.admit("10.0.0.1"))
+        self.assertIsNone(caps.admit("10.0.0.2"))
+        self.assertEqual(caps.admit("10.0.0.3"), "connections")
+        self.assertEqual(caps.active, 2)

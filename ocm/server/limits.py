@@ -116,3 +116,48 @@ class Buckets:
     def prune(self, now: float) -> None:
         for key in [k for k, b in self._buckets.items() if b.full(now)]:
             del self._buckets[key]
+
+
+class ConnectionCaps:
+    """
+    Open connections in all and per address, for one listener. It computes
+    the address key itself on both L{admit} and L{release}, so what is
+    counted in is what is counted out (an IPv6 /64 is one address: issue
+    20's lockout came from admitting under the /64 and releasing under the
+    full address); a count never goes below zero and a key at zero is gone.
+    """
+
+    def __init__(self, max_total: int, max_per_address: int) -> None:
+        self.max_total = max_total
+        self.max_per_address = max_per_address
+        self.active = 0
+        self.per_address: dict[str, int] = {}
+
+    def full(self, ip: str) -> str | None:
+        """Which cap a new connection from C{ip} would pass: "connections", "per_address", or None."""
+        if self.active >= self.max_total:
+            return "connections"
+        if self.per_address.get(address_key(ip), 0) >= self.max_per_address:
+            return "per_address"
+        return None
+
+    def admit(self, ip: str) -> str | None:
+        """Count a connection in; if a cap is full, count nothing and say which (see L{full})."""
+        refused = self.full(ip)
+        if refused is None:
+            key = address_key(ip)
+            self.active += 1
+            self.per_address[key] = self.per_address.get(key, 0) + 1
+        return refused
+
+    def release(self, ip: str) -> None:
+        """Count out a connection L{admit} let in from C{ip}."""
+        key = address_key(ip)
+        count = self.per_address.get(key, 0)
+        if count <= 0:
+            return  # never admitted, or released twice: nothing to give back
+        if count == 1:
+            del self.per_address[key]
+        else:
+            self.per_address[key] = count - 1
+        self.active = max(0, self.active - 1)

@@ -36,11 +36,12 @@ class Checks(TestCase):
     """What a value read from Redis must be: the rules a client's request meets."""
 
     def test_tcp(self):
-        for good in ("127.0.0.1:9001", "node1.chat.example.org:9001", "[::1]:65535", "host_1:1"):
+        for good in ("127.0.0.1:9001", "node1.chat.example.org:9001", "[::1]:65535", "host_1:1",
+                     "chat.example.org.:9001", "[fe80::1%eth0]:9001", "xn--bcher-kva.example:443"):
             self.assertEqual(check_tcp(good), good)
         for bad in ("evil.example", "evil.example:0", "evil.example:65536", "evil.example:+443",
                     "evil host:443", "evil\x1b.example:443", "[::1]", "[nope]:443", "1.2.3.999:443",
-                    "bücher.example:443", "a" * 300 + ":443", ":443", "-a.example:443", "a..b:443",
+                    "bücher.example:443", "a" * 300 + ":443", ":443", "-a.example:443", "a..b:443", "a.b..:443",
                     "http://evil.example:443", 443, b"127.0.0.1:1", None):
             with self.assertRaises(Invalid, msg=repr(bad)):
                 check_tcp(bad)
@@ -57,6 +58,16 @@ class Checks(TestCase):
             row[field] = bad
             with self.assertRaises(Invalid, msg=shown(bad)):
                 check_row(*row)
+
+    def test_advertise_is_held_to_what_other_nodes_accept(self):
+        """A node whose address other nodes would skip is refused at start, not ignored later."""
+        for good in ("node1.chat.example.org", "::1", "[2001:db8::1]", "10.0.0.5"):
+            o = Options()
+            o.parseOptions(["--redis", "redis://h", "--advertise", good])
+        for bad in ("bücher.example", "evil\x1b.example", "a b", "http://x", "1.2.3.999"):
+            with self.assertRaises(UsageError) as e:
+                Options().parseOptions(["--redis", "redis://h", "--advertise", bad])
+            self.assertIn("--advertise", str(e.exception))
 
     def test_shown_is_repr_and_bounded(self):
         text = shown(FORGED)

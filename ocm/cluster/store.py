@@ -174,8 +174,8 @@ def check_tcp(value: Any) -> str:
         except ValueError:
             raise Invalid("tcp's [host] is not an IPv6 address")
         return value
-    labels = host.split(".")
-    if len(host) > 253 or not all(_HOST.fullmatch(label) for label in labels):
+    labels = host.removesuffix(".").split(".")  # a trailing dot: a fully qualified name
+    if len(host) > 254 or not all(_HOST.fullmatch(label) for label in labels):
         raise Invalid("tcp's host is not a host name or address")
     if all(label.isdigit() for label in labels):
         try:

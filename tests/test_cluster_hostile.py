@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from ocm.cluster.store import Invalid, Listed, check_row, check_tcp, shown
 from ocm.cluster.url import parse_redis_url, with_password_file
+from ocm.ops.metrics import OcmCollector
 from ocm.server.tap import Options
 from tests import wire
 from tests.daemon import run_daemon
@@ -189,7 +190,11 @@ class Planted(ClusterTestCase):
             r = await self.reply(self.a, wire.JOIN_ROOM, room, {"username": "bob"})
             self.assertEqual(r["status"], 404, r)  # was 307 (to the planted name or host)
         store = self.a.directory.store
-        self.assertEqual(sum(store.invalid.values()), 3 * 4 + 2)
+        # 3 LISTs of 4 bad entries, and 2 JOINs: counted by field, also for Prometheus.
+        self.assertEqual(store.invalid, {"name": 3 * 2 + 1, "tcp": 3 + 1, "members": 3})
+        [family] = [f for f in OcmCollector(self.a).collect() if f.name == "ocm_cluster_entries_ignored"]
+        self.assertEqual({s.labels["field"]: s.value for s in family.samples if s.name.endswith("_total")},
+                         {"key": 0, "name": 7, "members": 3, "password": 0, "tcp": 4, "node": 0})
         ignored = [line for line in self.logs.lines() if "ignored a room entry" in line]
         self.assertEqual(len(ignored), 4, ignored)  # once per entry, not per request
         for line in ignored:

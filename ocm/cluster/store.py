@@ -138,6 +138,10 @@ class DirectoryUnavailable(Exception):
 class Invalid(ValueError):
     """A value read from Redis that no node of ocm writes: planted, or corrupt."""
 
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field  # which one: name, tcp, members, password, node, key
+
 
 def shown(value: Any, limit: int = SHOWN) -> str:
     """
@@ -164,56 +168,56 @@ def check_tcp(value: Any) -> str:
     the host an IP address or an ASCII host name, the port 1-65535.
     """
     if not isinstance(value, str) or len(value) > 300:
-        raise Invalid("tcp is not a host:port")
+        raise Invalid("tcp", "tcp is not a host:port")
     host, sep, port = value.rpartition(":")
     if not sep or not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
-        raise Invalid("tcp has no port from 1 to 65535")
+        raise Invalid("tcp", "tcp has no port from 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         try:
             IPv6Address(host[1:-1])
         except ValueError:
-            raise Invalid("tcp's [host] is not an IPv6 address")
+            raise Invalid("tcp", "tcp's [host] is not an IPv6 address")
         return value
     labels = host.removesuffix(".").split(".")  # a trailing dot: a fully qualified name
     if len(host) > 254 or not all(_HOST.fullmatch(label) for label in labels):
-        raise Invalid("tcp's host is not a host name or address")
+        raise Invalid("tcp", "tcp's host is not a host name or address")
     if all(label.isdigit() for label in labels):
         try:
             IPv4Address(host)
         except ValueError:
-            raise Invalid("tcp's host is not an IPv4 address")
+            raise Invalid("tcp", "tcp's host is not an IPv4 address")
     return value
 
 
 def check_node(value: Any) -> str:
     if not isinstance(value, str) or not _NODE.fullmatch(value):
-        raise Invalid("node is not a node id")
+        raise Invalid("node", "node is not a node id")
     return value
 
 
 def check_name(value: Any, key: str) -> str:
     """A room name by the rules a client's CREATE meets, and filed under its own key."""
     if not isinstance(value, str):
-        raise Invalid("name is not UTF-8 text")
+        raise Invalid("name", "name is not UTF-8 text")
     if len(value.encode("utf-8", "surrogatepass")) >= MAX_FIELD:
-        raise Invalid(f"name is over {MAX_FIELD} bytes long; the limit is {MAX_NAME_BYTES}")
+        raise Invalid("name", f"name is over {MAX_FIELD} bytes long; the limit is {MAX_NAME_BYTES}")
     problem = name_problem(value, "name")
     if problem is not None:
-        raise Invalid(problem)
+        raise Invalid("name", problem)
     if name_key(value) != key:
-        raise Invalid("name is filed under another name's key")
+        raise Invalid("name", "name is filed under another name's key")
     return value
 
 
 def check_row(key: Any, name: Any, members: Any, password: Any, tcp: Any, node: Any) -> Listed:
     """One LIST entry as read from Redis, checked field by field."""
     if not isinstance(key, str) or len(key.encode("utf-8", "surrogatepass")) > 4 * MAX_NAME_BYTES:
-        raise Invalid("key is not a name key")
+        raise Invalid("key", "key is not a name key")
     check_name(name, key)
     if not isinstance(members, str) or not _COUNT.fullmatch(members) or int(members) > MAX_MEMBERS:
-        raise Invalid("members is not a count")
+        raise Invalid("members", "members is not a count")
     if password not in ("0", "1"):
-        raise Invalid("password is not 0 or 1")
+        raise Invalid("password", "password is not 0 or 1")
     return Listed(name, int(members), password == "1", check_tcp(tcp), check_node(node))
 
 
@@ -276,7 +280,7 @@ class RedisStore:
         self.prefix = prefix
         self.index = prefix + "rooms"
         self.shown = address.shown
-        # Entries read from Redis and refused, by what was wrong.
+        # Entries read from Redis and refused, by the field that was wrong.
         self.invalid: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()
         # Why Redis refused this node (AUTH or SELECT failed), once it has.
@@ -376,7 +380,7 @@ class RedisStore:
         and repr'd; C{problem}'s words are this module's, never the value).
         """
         why = str(problem)
-        self.invalid[why] += 1
+        self.invalid[problem.field] += 1
         seen = (shown(key), why)
         if seen in self._logged:
             return

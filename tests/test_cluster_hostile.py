@@ -60,15 +60,25 @@ class Checks(TestCase):
             with self.assertRaises(Invalid, msg=shown(bad)):
                 check_row(*row)
 
-    def test_advertise_is_held_to_what_other_nodes_accept(self):
-        """A node whose address other nodes would skip is refused at start, not ignored later."""
-        for good in ("node1.chat.example.org", "::1", "[2001:db8::1]", "10.0.0.5"):
-            o = Options()
-            o.parseOptions(["--redis", "redis://h", "--advertise", good])
-        for bad in ("bücher.example", "evil\x1b.example", "a b", "http://x", "1.2.3.999"):
-            with self.assertRaises(UsageError) as e:
-                Options().parseOptions(["--redis", "redis://h", "--advertise", bad])
-            self.assertIn("--advertise", str(e.exception))
+    def test_an_advertised_name_other_nodes_would_skip_is_said_at_start(self):
+        from twisted.internet import task
+
+        from ocm.cluster.directory import Directory
+        from ocm.server.rooms import RoomService
+
+        logs = LogWatch(self)
+        for advertise, said in (("node1.chat.example.org", False), ("::1", False),
+                                ("bücher.example", True), ("evil\x1b.example", True)):
+            clock = task.Clock()
+            directory = Directory(RoomService(clock), None, clock, advertise=advertise)
+            directory.start(9001)
+            directory._refresher.stop()
+            errors = [line for line in logs.lines() if "other nodes will ignore" in line]
+            self.assertEqual(len(errors), int(said), (advertise, errors))
+            logs.events.clear()
+            if said:
+                self.assertIn("xn--", errors[0])
+                self.assertNotIn("\x1b", errors[0])
 
     def test_shown_is_repr_and_bounded(self):
         text = shown(FORGED)

@@ -42,7 +42,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ocm.cluster.store import BATCH, Claim, DirectoryUnavailable, Store, shown
+from ocm.cluster.store import BATCH, Claim, DirectoryUnavailable, Invalid, Store, check_tcp, shown
 from ocm.wire.names import name_key
 from ocm.server.rooms import Member, Room, RoomService
 from ocm.wire.tcrp import ProtocolError, Status
@@ -97,6 +97,15 @@ class Directory:
     def start(self, tcp_port: int) -> None:
         """Begin claiming, once the TCRP port is known (it may have been 0)."""
         tcp = self.tcp = host_port(self.advertise, tcp_port)
+        try:
+            check_tcp(tcp)
+        except Invalid as e:
+            # Other nodes check what they read by this rule, and would skip every room of this one.
+            self.log.error(
+                "--advertise {advertise}: {why}; other nodes will ignore this node's rooms "
+                "(give an ASCII host name, an IDN in its xn-- form, or an address)",
+                advertise=shown(self.advertise), why=str(e),
+            )
         self.log.info(
             "cluster node {node} at {tcp}: room names held in the directory for {ttl:g} s, "
             "refreshed every {every:g} s", node=self.node, tcp=tcp, ttl=self.ttl, every=self.ttl / 3,

@@ -15,7 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from ocm.server import tls
-from ocm.cluster.url import parse_redis_url
+from ocm.cluster.url import parse_redis_url, with_password_file
 from ocm.server.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
 from ocm.server.desk import DEFAULT_MEMBERS_PER_ADDRESS, DEFAULT_ROOMS_PER_ADDRESS, FrontDesk
 from ocm.server.rooms import RoomService
@@ -176,6 +176,9 @@ class Options(usage.Options):
         ["advertise", None, None,
          "With --redis: the host name or address clients reach this node at "
          "(default: --interface, when it is one address)."],
+        ["redis-password-file", None, None,
+         "With --redis: a file holding Redis's password (AUTH), read once at start; "
+         "keeps it out of argv and ps."],
         ["redis-ttl", None, "15",
          "With --redis: seconds the directory keeps this node's rooms unless refreshed "
          "(every third of it); a dead node's rooms are forgotten within this.",
@@ -226,11 +229,14 @@ class Options(usage.Options):
 
     def _cluster_options(self) -> None:
         if self["redis"] is None:
-            if self["advertise"] is not None:
-                raise usage.UsageError("--advertise goes with --redis")
+            for option in ("advertise", "redis-password-file"):
+                if self[option] is not None:
+                    raise usage.UsageError(f"--{option} goes with --redis")
             return
         try:
             self["redis-address"] = parse_redis_url(self["redis"])
+            if self["redis-password-file"] is not None:
+                self["redis-address"] = with_password_file(self["redis-address"], self["redis-password-file"])
         except ValueError as e:
             raise usage.UsageError(str(e))
         try:

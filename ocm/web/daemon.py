@@ -65,6 +65,28 @@ def parse_origins(value: str) -> frozenset[str]:
     return frozenset(origins)
 
 
+def web_gate(config: Any, factory: Any, reactor: Any, counts: Any = None) -> Any:
+    """
+    The gate around the web listener (L{ocm.web.gate}), outermost, so it
+    counts TCP connections before TLS and HTTP. C{--web-max-connections}
+    and C{--web-max-per-address} cap open connections to the web port
+    (a WebSocket is one of them; chat.py's socket caps stay as a second
+    line). With C{--web-no-tls} every peer is the local proxy, so only the
+    total applies here: per address is X-Forwarded-For's, in chat.py.
+    """
+    from ocm.web.gate import Gate
+
+    total = config["web-max-connections"]
+    return Gate(
+        factory,
+        clock=reactor,
+        request_timeout=config["request-timeout"],
+        max_connections=total,
+        max_per_address=total if config["web-no-tls"] else config["web-max-per-address"],
+        counts=counts,
+    )
+
+
 def need_autobahn() -> None:
     try:
         import autobahn  # noqa: F401
@@ -99,5 +121,6 @@ def make_listener(
     factory: Any = make_site(chat, idle_timeout=max(config["request-timeout"], rooms.timeout))
     if tls_options is not None:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
+    factory = web_gate(config, factory, reactor, getattr(chat, "refusals", None))
     endpoint = endpoints.serverFromString(reactor, config["web-endpoint"])
     return endpoint, factory, chat

@@ -10,9 +10,11 @@ from importlib import resources
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web import server
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.web import http, server
 from twisted.web.resource import Resource
 
+from ocm.web import gate
 from ocm.web.chat import WebChatFactory
 
 CSP = (
@@ -71,6 +73,36 @@ class _NotFound(Resource):
         return b"Not found. The chat is at /.\n"
 
 
+class Channel(http.HTTPChannel):
+    """
+    HTTP/1.1 only (no HTTP/2: one code path under the gate), and each
+    finished response reported to the gate, so that the next request on a
+    kept-alive connection gets its own whole-request deadline.
+    """
+
+    def requestDone(self, request: Any) -> None:
+        door = gate.find(self.transport)
+        if door is not None:
+            door.answered()
+        super().requestDone(request)
+
+
+class _Upgrade(WebSocketResource):
+    """C{/ws}: autobahn's resource, telling the gate which socket took the connection over."""
+
+    def render(self, request: Any) -> Any:
+        transport = request.channel.transport
+        door = gate.find(transport)
+        result = super().render(request)
+        if door is not None and request.channel.transport is None and transport is not None:
+            # autobahn swapped its protocol in where the HTTP channel was.
+            if isinstance(transport, ProtocolWrapper):
+                door.upgrading(transport.wrappedProtocol)
+            else:
+                door.upgrading(getattr(transport, "protocol", None))
+        return result
+
+
 class Root(Resource):
     """C{/} and its files, C{/ws}; every other path is 404 (no listing)."""
 
@@ -80,7 +112,7 @@ class Root(Resource):
         self.files = {
             path: _File((static / name).read_bytes(), kind) for path, (name, kind) in FILES.items()
         }
-        self.websocket = WebSocketResource(chat)
+        self.websocket = _Upgrade(chat)
 
     def getChild(self, path: bytes, request: Any) -> Any:
         if request.postpath:
@@ -93,6 +125,7 @@ class Root(Resource):
 def make_site(chat: WebChatFactory, idle_timeout: float) -> server.Site:
     """The Site: C{idle_timeout} closes HTTP connections with nothing to do."""
     site = server.Site(Root(chat), timeout=idle_timeout)
+    site.protocol = Channel
     site.displayTracebacks = False
     # No access log: a page load is six requests, and a reverse proxy keeps
     # its own. Refusals are logged by the chat, with the address.

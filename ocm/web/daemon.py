@@ -87,6 +87,48 @@ def web_gate(config: Any, factory: Any, reactor: Any, counts: Any = None) -> Any
     )
 
 
+def parse_names(value: str) -> Any:
+    """--web-name: see L{ocm.web.origin.parse_names} (an option coercer: ValueError)."""
+    from ocm.web.origin import parse_names as parse
+
+    return parse(value)
+
+
+parse_names.coerceDoc = "(host[:port], comma-separated)"  # type: ignore[attr-defined]
+
+
+def endpoint_interface(endpoint: str) -> str:
+    """The address a server endpoint string binds, or "" (all of them, a Unix socket)."""
+    try:
+        parsed = endpoints._parseServer(endpoint, None)
+    except Exception:
+        return ""
+    kwargs = parsed[-1]
+    return str(kwargs.get("interface", "")) if isinstance(kwargs, dict) else ""
+
+
+def origin_rule(config: Any) -> Any:
+    """
+    The Origin rule (L{ocm.web.origin.OriginRule}) for the options:
+    C{--web-name}, or by default the local names, the web listener's
+    address, C{--interface} and C{--advertise}; C{--web-origin}'s extras.
+    """
+    from ocm.web.origin import OriginRule, default_names
+
+    names = config.get("web-name") or ()
+    if isinstance(names, str):
+        names = parse_names(names)
+    if not names:
+        names = default_names(
+            endpoint_interface(config.get("web-endpoint", "")),
+            config.get("interface"),
+            config.get("advertise"),
+        )
+    return OriginRule(
+        tls=not config["web-no-tls"], names=tuple(names), extra=frozenset(config["web-origin-set"])
+    )
+
+
 def need_autobahn() -> None:
     try:
         import autobahn  # noqa: F401
@@ -122,5 +164,8 @@ def make_listener(
     if tls_options is not None:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
     factory = web_gate(config, factory, reactor, getattr(chat, "refusals", None))
+    # The Origin rule for chat.py's onConnect (ocm.web.origin): the daemon's
+    # own names and scheme, not the Host header.
+    chat.origin_rule = origin_rule(config)
     endpoint = endpoints.serverFromString(reactor, config["web-endpoint"])
     return endpoint, factory, chat

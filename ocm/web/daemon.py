@@ -158,14 +158,18 @@ def make_listener(
         max_per_address=config["web-max-per-address"],
         max_payload=config["max-payload"],
     )
+    # The Origin rule for chat.py's onConnect (ocm.web.origin): the daemon's
+    # own names and scheme, not the Host header; its names go into the CSP.
+    rule = chat.origin_rule = origin_rule(config)
     # An HTTP connection with no request in flight closes after the room
-    # timeout; an upgraded WebSocket is no longer the Site's.
-    factory: Any = make_site(chat, idle_timeout=max(config["request-timeout"], rooms.timeout))
+    # timeout (the gate's deadline comes first); an upgraded WebSocket is
+    # no longer the Site's.
+    factory: Any = make_site(
+        chat, idle_timeout=max(config["request-timeout"], rooms.timeout),
+        tls=tls_options is not None, rule=rule,
+    )
     if tls_options is not None:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
     factory = web_gate(config, factory, reactor, getattr(chat, "refusals", None))
-    # The Origin rule for chat.py's onConnect (ocm.web.origin): the daemon's
-    # own names and scheme, not the Host header.
-    chat.origin_rule = origin_rule(config)
     endpoint = endpoints.serverFromString(reactor, config["web-endpoint"])
     return endpoint, factory, chat

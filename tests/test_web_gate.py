@@ -6,6 +6,8 @@ clock, then real connections on loopback to the daemon as twistd builds it.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from twisted.internet import defer, endpoints, protocol, reactor, ssl, task
@@ -15,8 +17,11 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
+from ocm.bench.spawn import free_port
 from ocm.web.gate import Gate, find
+from tests import wire
 from tests.daemon import DaemonMixin
+from tests.processes import ProcessTestCase
 from tests.websocket import open_browser
 
 PLAIN = ("--web", "tcp:0:interface=127.0.0.1", "--web-no-tls")
@@ -287,6 +292,19 @@ class GateTests(DaemonMixin, unittest.TestCase):
         self.assertEqual(self.gate.counts["connections"], 1)
         self.assertFalse(more[0].closed.called)
 
+    async def test_a_tls_handshake_that_never_ends_is_cut(self):
+        # The deadline counts from TCP accept: a TLS hello begun and never
+        # finished is cut like a slow header.
+        self.start_daemon("--web", "tcp:0:interface=127.0.0.1", "--request-timeout", "1")
+        conns = [await raw(self.web) for _ in range(5)]
+        start = reactor.seconds()
+        for c in conns:
+            self.hold(c)
+            c.transport.write(b"\x16\x03\x01\x02\x00\x01")
+        ends = [await closed_within(c, 5) for c in conns]
+        self.assertLess(max(ends) - start, 1.8)
+        self.assertEqual(self.gate.counts["deadline"], 5)
+
     async def test_counts_back_to_zero_ipv6(self):
         self.start_daemon("--web", r"tcp6:0:interface=\:\:1", "--web-no-tls")
         conns = [await raw(self.web, host="::1") for _ in range(5)]
@@ -336,3 +354,44 @@ class GateTests(DaemonMixin, unittest.TestCase):
         response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{self.web}/".encode())
         self.assertEqual(response.code, 200)
         await readBody(response)
+
+
+class FileDescriptorTests(ProcessTestCase):
+    """Issue 20's reproduction: under a low ulimit -n, one address took every descriptor."""
+
+    timeout = 90
+
+    async def test_one_address_cannot_take_the_daemons_descriptors(self):
+        web = free_port(socket.SOCK_STREAM, "127.0.0.1")
+        self.tcp = free_port(socket.SOCK_STREAM, "127.0.0.1")
+        udp = free_port(socket.SOCK_DGRAM, "127.0.0.1")
+        limit = 64
+        daemon = self.spawn("daemon", [
+            "-c", f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); "
+                  "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "--logfile", str(self.dir / "daemon.log"), "ocm",
+            "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(udp), "--no-tls",
+            "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"),
+            "--web", f"tcp:{web}:interface=127.0.0.1", "--web-max-per-address", "10",
+        ])
+        self.wait_for(lambda: "web chat page: HTTPS" in self.read("daemon.log") or daemon.poll() is not None,
+                      "the daemon to start")
+        self.assertIsNone(daemon.poll(), self.read("daemon.log") + self.read("daemon.err"))
+        held = []
+        for _ in range(limit + 6):  # more than the daemon has descriptors
+            try:
+                c = await raw(web)
+            except Exception:
+                continue
+            self.addCleanup(lambda c=c: c.closed.called or c.transport.abortConnection())
+            held.append(c)
+        await sleep(0.5)
+        # Another address still gets its TCRP LIST (before the gate, the
+        # daemon had no descriptor left to accept it with).
+        status, body = wire.answer(await wire.tcrp(
+            reactor, self.tcp, wire.request(wire.LIST_ROOMS, "", {}), pin=None, bind="127.0.0.2"))
+        self.assertEqual((status, body["rooms"]), (200, []))
+        alive = [c for c in held if not c.closed.called]
+        self.assertEqual(len(alive), 10, self.read("daemon.log")[-2000:])
+        fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+        self.assertLess(fds, limit - 10)

@@ -84,8 +84,7 @@ class HeaderTests(DaemonMixin, unittest.TestCase):
         for rule in ("default-src 'none'", "script-src 'self'", "style-src 'self'",
                      "frame-ancestors 'none'", "base-uri 'none'", "require-trusted-types-for 'script'"):
             self.assertIn(rule, csp[0], what)
-        self.assertIn(f"connect-src 'self' wss://chat.example.org wss://chat.example.org:{self.port} "
-                      f"wss://127.0.0.1 wss://127.0.0.1:{self.port};", csp[0], what)
+        self.assertIn("connect-src 'self' wss://chat.example.org:* wss://127.0.0.1:*;", csp[0], what)
         self.assertNotIn("unsafe", csp[0], what)
         self.assertEqual(headers.get("x-content-type-options"), ["nosniff"], what)
         self.assertEqual(headers.get("referrer-policy"), ["no-referrer"], what)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ocm.web.origin import OriginRule, local_port
+from ocm.web.origin import OriginRule
 
 HSTS = b"max-age=31536000"
 
@@ -36,16 +36,8 @@ class Policy:
 
     def __init__(self, tls: bool, rule: OriginRule | None = None) -> None:
         self.tls = tls
-        self.rule = rule
-        self._by_port: dict[int | None, list[tuple[bytes, bytes]]] = {}
-
-    def headers(self, port: int | None = None) -> list[tuple[bytes, bytes]]:
-        """(name, value) pairs for a response on a connection to C{port}."""
-        cached = self._by_port.get(port)
-        if cached is not None:
-            return cached
-        connect = self.rule.connect_sources(port) if self.rule is not None else []
-        pairs = [
+        connect = rule.connect_sources() if rule is not None else []
+        self.pairs: list[tuple[bytes, bytes]] = [
             (b"Content-Security-Policy", csp(connect).encode()),
             (b"X-Content-Type-Options", b"nosniff"),
             (b"Referrer-Policy", b"no-referrer"),
@@ -53,14 +45,8 @@ class Policy:
             (b"Cross-Origin-Opener-Policy", b"same-origin"),
             (b"Cross-Origin-Resource-Policy", b"same-origin"),
         ]
-        if self.tls:
-            pairs.append((b"Strict-Transport-Security", HSTS))
-        if len(self._by_port) < 16:  # a listener has one port; a bound all the same
-            self._by_port[port] = pairs
-        return pairs
-
-    def for_transport(self, transport: Any) -> list[tuple[bytes, bytes]]:
-        return self.headers(local_port(transport))
+        if tls:
+            self.pairs.append((b"Strict-Transport-Security", HSTS))
 
 
 class HandshakeHeaders:
@@ -72,13 +58,12 @@ class HandshakeHeaders:
     """
 
     factory: Any
-    transport: Any
 
     def sendHttpErrorResponse(self, code: Any, reason: Any, responseHeaders: Any = None) -> None:
         policy = getattr(self.factory, "http_policy", None)
         extra = list(responseHeaders or [])
         if policy is not None:
-            extra += [(k.decode(), v.decode()) for k, v in policy.for_transport(self.transport)]
+            extra += [(k.decode(), v.decode()) for k, v in policy.pairs]
         extra += [("Content-Length", "0"), ("Connection", "close")]
         # A reason phrase is one line of text (ConnectionDeny's is the server's own).
         reason = "".join(c for c in " ".join(str(reason).split()) if " " <= c <= "~")[:200]

@@ -18,9 +18,10 @@ The rule:
   passwords would cross the network in clear).
 - The host is one of the configured names (case and a trailing dot do not
   matter; IPv6 literals compare as addresses). A name with a port matches
-  that port only; a name without one matches the scheme's default port (a
-  proxy, or a port forward from 443) and the port the connection came in
-  on (the daemon's own listener, served directly).
+  that port only; a name without one matches it on any port, because the
+  port a browser sees is often not the daemon's (a proxy, a port forward,
+  a container's published port): the host names are the operator's, and
+  a name given as host:port pins the port.
 - Or the whole origin is one of C{--web-origin}'s extras.
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -193,11 +194,8 @@ class OriginRule:
                 keys.add(key)
         object.__setattr__(self, "_extra_keys", frozenset(keys))
 
-    def allows(self, origin: str | None, local_port: int | None = None) -> bool:
-        """
-        Whether a page at C{origin} may open the WebSocket; C{local_port} is
-        the port the connection came in on (see L{local_port}).
-        """
+    def allows(self, origin: str | None) -> bool:
+        """Whether a page at C{origin} may open the WebSocket."""
         key = origin_key(origin or "")
         if key is None:
             return False
@@ -206,44 +204,32 @@ class OriginRule:
         scheme, host, port = key
         if scheme != "https" and (self.tls or not is_loopback(host)):
             return False
-        usual = {DEFAULT_PORTS[scheme]}
-        if local_port:
-            usual.add(local_port)
         for name in self.names:
-            if name.host == host and (port == name.port if name.port is not None else port in usual):
+            if name.host == host and (name.port is None or name.port == port):
                 return True
         return False
 
-    def connect_sources(self, local_port: int | None = None) -> list[str]:
+    def connect_sources(self) -> list[str]:
         """
         The page's own WebSocket URLs for a CSP C{connect-src}, beside
-        C{'self'}: C{wss://} at each name (IPv6 literals left out: a CSP
-        source cannot hold one, and C{'self'} covers them).
+        C{'self'}: C{wss://} at each name, on its port or any (IPv6
+        literals left out: a CSP source cannot hold one, and C{'self'}
+        covers them).
         """
         sources: list[str] = []
         for name in self.names:
             if ":" in name.host:
                 continue
-            ports = [name.port] if name.port is not None else [None, local_port]
-            for port in ports:
-                source = f"wss://{name.host}" + ("" if port in (None, 443) else f":{port}")
-                if source not in sources:
-                    sources.append(source)
+            port = "*" if name.port is None else str(name.port)
+            source = f"wss://{name.host}:{port}"
+            if source not in sources:
+                sources.append(source)
         return sources
 
 
-def allowed(origin: str | None, rule: OriginRule, local: int | None = None) -> bool:
+def allowed(origin: str | None, rule: OriginRule) -> bool:
     """L{OriginRule.allows}, as a function."""
-    return rule.allows(origin, local)
-
-
-def local_port(transport: Any) -> int | None:
-    """The port a connection came in on (through TLS and the gate), None for a Unix socket."""
-    try:
-        port = getattr(transport.getHost(), "port", None)
-    except Exception:
-        return None
-    return port if isinstance(port, int) else None
+    return rule.allows(origin)
 
 
 def names_shown(names: Iterable[Name]) -> str:

@@ -47,7 +47,7 @@ class Channel(http.HTTPChannel):
 
     def _policy(self) -> list[tuple[bytes, bytes]]:
         policy = getattr(self.site, "policy", None)
-        return policy.for_transport(self.transport) if policy is not None else []
+        return policy.pairs if policy is not None else []
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         headers.removeHeader(b"server")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -185,21 +184,19 @@ class OriginRule:
     tls: bool
     names: tuple[Name, ...]
     extra: frozenset[str] = field(default_factory=frozenset)
+    # The extras as keys, normalised as a browser's origin is.
+    _extra_keys: frozenset[tuple[str, str, int]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        keys = set()
-        for origin in self.extra:
-            key = origin_key(origin)
-            if key is not None:
-                keys.add(key)
-        object.__setattr__(self, "_extra_keys", frozenset(keys))
+        keys = (origin_key(origin) for origin in self.extra)
+        object.__setattr__(self, "_extra_keys", frozenset(k for k in keys if k is not None))
 
     def allows(self, origin: str | None) -> bool:
         """Whether a page at C{origin} may open the WebSocket."""
         key = origin_key(origin or "")
         if key is None:
             return False
-        if key in self._extra_keys:  # type: ignore[attr-defined]
+        if key in self._extra_keys:
             return True
         scheme, host, port = key
         if scheme != "https" and (self.tls or not is_loopback(host)):
@@ -230,7 +227,3 @@ class OriginRule:
 def allowed(origin: str | None, rule: OriginRule) -> bool:
     """L{OriginRule.allows}, as a function."""
     return rule.allows(origin)
-
-
-def names_shown(names: Iterable[Name]) -> str:
-    return ", ".join(str(n) for n in names)

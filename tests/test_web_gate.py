@@ -245,7 +245,7 @@ class GateTests(DaemonMixin, unittest.TestCase):
         self.addCleanup(lambda: dripping.running and dripping.stop())
         ends = [await closed_within(c, 5) for c in conns]
         dripping.stop()
-        self.assertLess(max(ends) - start, 1.8)
+        self.assertLess(max(ends) - start, 2.5)  # 1 s, and room for a busy machine
         self.assertTrue(all(c.received == b"" for c in conns))  # aborted, not answered
         self.assertEqual(self.gate.counts["deadline"], 30)
         await self.settle()
@@ -302,7 +302,7 @@ class GateTests(DaemonMixin, unittest.TestCase):
             self.hold(c)
             c.transport.write(b"\x16\x03\x01\x02\x00\x01")
         ends = [await closed_within(c, 5) for c in conns]
-        self.assertLess(max(ends) - start, 1.8)
+        self.assertLess(max(ends) - start, 2.5)  # 1 s, and room for a busy machine
         self.assertEqual(self.gate.counts["deadline"], 5)
 
     async def test_counts_back_to_zero_ipv6(self):
@@ -335,16 +335,16 @@ class GateTests(DaemonMixin, unittest.TestCase):
         self.assertEqual((self.gate.caps.active, self.gate.caps.per_address), (0, {}))
 
     async def test_a_kept_alive_connection_gets_a_deadline_per_request(self):
-        self.start_daemon(*PLAIN, "--request-timeout", "1")
+        self.start_daemon(*PLAIN, "--request-timeout", "1.5")
         conn = await raw(self.web)
         self.hold(conn)
-        for _ in range(3):  # three answered requests, 0.7 s apart: 2.1 s in all
+        for _ in range(4):  # four answered requests, 0.6 s apart: 2.4 s in all
             conn.transport.write(b"GET /icon.svg HTTP/1.1\r\nHost: x\r\n\r\n")
-            await sleep(0.7)
+            await sleep(0.6)
             self.assertFalse(conn.closed.called)
-        self.assertEqual(conn.received.count(b"HTTP/1.1 200"), 3)
+        self.assertEqual(conn.received.count(b"HTTP/1.1 200"), 4)
         # Then idle: closed cleanly within the deadline.
-        await closed_within(conn, 2)
+        await closed_within(conn, 3)
         self.assertEqual(self.gate.idle_closed, 1)
         self.assertEqual(self.gate.counts["deadline"], 0)
 

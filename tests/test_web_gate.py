@@ -202,7 +202,7 @@ class GateTests(DaemonMixin, unittest.TestCase):
 
     @property
     def gate(self) -> Gate:
-        return self.svc.web[1]
+        return self.svc.web_listener.factory
 
     def hold(self, conn: Raw) -> None:
         self.addCleanup(lambda: conn.closed.called or conn.transport.abortConnection())
@@ -251,7 +251,7 @@ class GateTests(DaemonMixin, unittest.TestCase):
         await self.settle()
         self.assertEqual((self.gate.caps.active, self.gate.caps.per_address), (0, {}))
         # The refusals show in the daemon's counts, next to the chat's.
-        self.assertEqual(self.svc.web[2].refusals["deadline"], 30)
+        self.assertEqual(self.svc.web_chat.refusals["deadline"], 30)
 
     async def test_past_the_per_address_cap_closed_at_once_another_address_served(self):
         # Over TLS (the default): counted at TCP accept, before any handshake.
@@ -274,6 +274,19 @@ class GateTests(DaemonMixin, unittest.TestCase):
             c.transport.loseConnection()
         await self.settle()
         self.assertEqual((self.gate.caps.active, self.gate.caps.per_address), (0, {}))
+
+    async def test_a_banned_address_is_closed_at_accept(self):
+        # The gate's door is the desk's: the daemon's address bans apply
+        # before TLS, to the whole web port.
+        self.start_daemon("--web", "tcp:0:interface=127.0.0.1")
+        self.svc.desk.bans.ban("127.0.0.2", 60, reactor.seconds())
+        banned = await raw(self.web, bind="127.0.0.2")
+        self.hold(banned)
+        await closed_within(banned, 1)
+        self.assertEqual(banned.received, b"")
+        self.assertEqual(self.gate.counts["banned"], 1)
+        code, _ = await self.get("/", tls=True)  # 127.0.0.1 is not banned
+        self.assertEqual(code, 200)
 
     async def test_behind_a_proxy_only_the_total_applies(self):
         # With --web-no-tls every peer is the local proxy: a per-address cap

@@ -163,7 +163,7 @@ class ListenerTests(DaemonMixin, TestCase):
     def test_the_daemon_hands_the_rule_to_the_chat(self):
         self.start_daemon("--web", "tcp:0:interface=127.0.0.1", "--web-name", "chat.example.org:8443")
         port = self.svc.web_port.getHost().port
-        rule = self.svc.web[2].origin_rule
+        rule = self.svc.web_chat.origin_rule
         self.assertTrue(rule.tls)
         self.assertTrue(rule.allows("https://chat.example.org:8443"))
         self.assertFalse(rule.allows(f"https://127.0.0.1:{port}"))

@@ -14,8 +14,13 @@ from twisted.internet import endpoints
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from ocm.server.rooms import RoomService
-from ocm.server.tcrp_server import TCRPFactory
+from typing import TYPE_CHECKING
+
+from ocm.server.desk import FrontDesk
+from ocm.server.listeners import StreamListener
+
+if TYPE_CHECKING:
+    from ocm.web.chat import WebChatFactory
 
 
 def check_plain_is_local(endpoint: str) -> None:
@@ -65,24 +70,26 @@ def parse_origins(value: str) -> frozenset[str]:
     return frozenset(origins)
 
 
-def web_gate(config: Any, factory: Any, reactor: Any, counts: Any = None) -> Any:
+def web_gate(config: Any, factory: Any, desk: FrontDesk, reactor: Any, counts: Any = None) -> Any:
     """
     The gate around the web listener (L{ocm.web.gate}), outermost, so it
-    counts TCP connections before TLS and HTTP. C{--web-max-connections}
-    and C{--web-max-per-address} cap open connections to the web port
-    (a WebSocket is one of them; chat.py's socket caps stay as a second
-    line). With C{--web-no-tls} every peer is the local proxy, so only the
-    total applies here: per address is X-Forwarded-For's, in chat.py.
+    counts TCP connections before TLS and HTTP, through the desk's door
+    "web" (its caps, and the daemon's address bans, at accept).
+    C{--web-max-connections} and C{--web-max-per-address} cap open
+    connections to the web port (a WebSocket is one of them; the sockets'
+    own door, "websocket", stays as a second line). With C{--web-no-tls}
+    every peer is the local proxy, so only the total applies here: per
+    address is X-Forwarded-For's, at the sockets' door.
     """
     from ocm.web.gate import Gate
 
     total = config["web-max-connections"]
+    per_address = total if config["web-no-tls"] else config["web-max-per-address"]
     return Gate(
         factory,
         clock=reactor,
         request_timeout=config["request-timeout"],
-        max_connections=total,
-        max_per_address=total if config["web-no-tls"] else config["web-max-per-address"],
+        door=desk.door("web", total, per_address),
         counts=counts,
     )
 
@@ -140,23 +147,24 @@ def need_autobahn() -> None:
 
 def make_listener(
     config: Any,
-    rooms: RoomService,
-    tcrp: TCRPFactory,
+    desk: FrontDesk,
     reactor: Any,
     tls_options: Any | None,
-) -> tuple[Any, Any, Any]:
-    """(endpoint, factory, the chat factory) for C{--web}; TLS unless C{tls_options} is None."""
+) -> tuple[StreamListener, WebChatFactory]:
+    """C{--web}'s listener and its chat factory; TLS unless C{tls_options} is None."""
     from ocm.web.chat import WebChatFactory
     from ocm.web.site import make_site
 
     chat = WebChatFactory(
-        rooms,
-        tcrp,
+        desk,
+        # The sockets' own caps, a second line behind the gate's: behind a
+        # proxy this is where one address (X-Forwarded-For's) is capped.
+        desk.door("websocket", config["web-max-connections"], config["web-max-per-address"]),
         origins=config["web-origin-set"],
         behind_proxy=config["web-no-tls"],
-        max_sockets=config["web-max-connections"],
-        max_per_address=config["web-max-per-address"],
         max_payload=config["max-payload"],
+        request_timeout=config["request-timeout"],
+        send_queue=config["web-send-queue"],
     )
     # The Origin rule for chat.py's onConnect (ocm.web.origin): the daemon's
     # own names and scheme, not the Host header; its names go into the CSP.
@@ -165,11 +173,11 @@ def make_listener(
     # timeout (the gate's deadline comes first); an upgraded WebSocket is
     # no longer the Site's.
     factory: Any = make_site(
-        chat, idle_timeout=max(config["request-timeout"], rooms.timeout),
+        chat, idle_timeout=max(config["request-timeout"], desk.service.timeout),
         tls=tls_options is not None, rule=rule,
     )
     if tls_options is not None:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
-    factory = web_gate(config, factory, reactor, getattr(chat, "refusals", None))
+    factory = web_gate(config, factory, desk, reactor, getattr(chat, "refusals", None))
     endpoint = endpoints.serverFromString(reactor, config["web-endpoint"])
-    return endpoint, factory, chat
+    return StreamListener("web", endpoint, factory), chat

@@ -9,9 +9,10 @@ header byte every 3 s all stayed open, and one address could take every
 file descriptor. Here, as for TCRP:
 
 - caps on open connections in all and per address (an IPv6 /64 is one
-  address: L{ocm.server.limits.ConnectionCaps}); past a cap the connection
-  is closed at once, before TLS (nothing is written: a TLS handshake would
-  cost more than the refusal), and counted;
+  address: L{ocm.server.limits.ConnectionCaps}, through the front desk's
+  door, which also holds the daemon's address bans); past a cap, or from a
+  banned address, the connection is closed at once, before TLS (nothing is
+  written: a TLS handshake would cost more than the refusal), and counted;
 - from accept, a connection has C{request_timeout} seconds to complete its
   request: for a page, its response written (then the next request on a
   kept-alive connection gets its own deadline, from there); for C{/ws},
@@ -114,17 +115,21 @@ class GateProtocol(ProtocolWrapper):
         self._cancel()
         if self._counted:
             self._counted = False
-            self.factory.caps.release(self.ip)
+            self.factory.door.release(self.ip)
         super().connectionLost(reason)
 
 
 class Gate(WrappingFactory):
     """
     Wraps the web listener's factory (the Site, or TLS around it), so what
-    it counts is TCP connections. C{counts} gets one per refusal, keyed
-    "connections" / "per_address" (the cap that was full) and "deadline"
-    (aborted mid-request); C{idle_closed} counts kept-alive connections
-    closed between requests, which is no refusal.
+    it counts is TCP connections, through C{door}: anything with
+    C{admit(ip)} (None, or why not) and C{release(ip)}, such as the front
+    desk's L{ocm.server.desk.Door} (caps and address bans) or a bare
+    L{ConnectionCaps} (the default, from C{max_connections} and
+    C{max_per_address}). C{counts} gets one per refusal, keyed
+    "connections" / "per_address" (the cap that was full), "banned", and
+    "deadline" (aborted mid-request); C{idle_closed} counts kept-alive
+    connections closed between requests, which is no refusal.
     """
 
     protocol = GateProtocol
@@ -137,34 +142,51 @@ class Gate(WrappingFactory):
         request_timeout: float = 10.0,
         max_connections: int = 1000,
         max_per_address: int = 50,
+        door: Any = None,
         counts: Counter[Any] | None = None,
     ) -> None:
         super().__init__(wrapped)
         self.clock = clock
         self.request_timeout = request_timeout
-        self.caps = ConnectionCaps(max_connections, max_per_address)
+        self.door = door if door is not None else ConnectionCaps(max_connections, max_per_address)
         self.counts: Counter[Any] = counts if counts is not None else Counter()
         self.idle_closed = 0
+
+    @property
+    def caps(self) -> ConnectionCaps:
+        """The counts themselves (the door's, or the gate's own)."""
+        return getattr(self.door, "caps", self.door)
 
     def buildProtocol(self, addr: IAddress | None) -> GateProtocol | None:  # type: ignore[override]
         # A Unix socket's peer has no host: all of them are one address.
         ip = normalize_ip(str(getattr(addr, "host", "") or ""))
-        refused = self.caps.admit(ip)
+        refused = self.door.admit(ip)
         if refused is not None:
-            self.counts[refused] += 1
+            self.counts[_reason(refused)] += 1
             return None  # the port closes the socket at once
         try:
             inner = self.wrappedFactory.buildProtocol(addr)
         except BaseException:
-            self.caps.release(ip)
+            self.door.release(ip)
             raise
         if inner is None:
-            self.caps.release(ip)
+            self.door.release(ip)
             return None
         gate = self.protocol(self, inner)
         gate.ip = ip
         gate._counted = True
         return gate
+
+
+# A door's refusal is a ProtocolError whose status says which limit it was.
+_BY_STATUS = {403: "banned", 429: "per_address", 503: "connections"}
+
+
+def _reason(refusal: Any) -> str:
+    if isinstance(refusal, str):
+        return refusal  # ConnectionCaps: the cap's name
+    status = int(getattr(refusal, "status", 0))
+    return _BY_STATUS.get(status, str(status))
 
 
 def find(transport: Any) -> GateProtocol | None:

@@ -162,10 +162,17 @@ class Options(usage.Options):
         ["web-origin", None, "",
          "More origins that may use the chat WebSocket, comma-separated "
          "(e.g. https://chat.example.org); by default only the page's own."],
+        ["web-name", None, "",
+         "The host names the page is served at, comma-separated host[:port] "
+         "(e.g. chat.example.org); the WebSocket accepts pages from these only, plus --web-origin "
+         "(default: localhost, 127.0.0.1, ::1, the --web or --interface address, --advertise).",
+         web.parse_names],
         ["web-max-connections", None, "1000",
-         "Most chat WebSockets open at once; past it 503.", _number("web-max-connections", int, 1)],
+         "Most connections open at once to the web port (WebSockets included); past it "
+         "a connection is closed at once.", _number("web-max-connections", int, 1)],
         ["web-max-per-address", None, "50",
-         "Most chat WebSockets open at once from one address; past it 429.",
+         "Most connections open at once to the web port from one address (an IPv6 /64); "
+         "past it a connection is closed at once.",
          _number("web-max-per-address", int, 1)],
         ["web-send-queue", None, "262144",
          "Bytes a browser may leave unread (beyond the socket's own buffer) before it is "

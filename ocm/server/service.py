@@ -50,7 +50,7 @@ class OcmService(service.MultiService):
         desk: FrontDesk,
         tcrp: TCRPFactory,
         tcrp_listener: StreamListener,
-        udp_port: int,
+        udp_port: int | tuple[str, int],
         interface: str,
         reactor: Any,
         *,

@@ -323,6 +323,9 @@ class RoomService:
             "history_request": self.history_requests,
             "history_event": self.history_events,
             "expired": self.expired,
+            "pong": self.pongs,
+            "tombstone": self.tombstone_answers,
+            "command": self.commands,
         }
 
     # -- TCRP side ----------------------------------------------------------

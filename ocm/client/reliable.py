@@ -12,6 +12,10 @@ tests drive them on a number.
   missing, when to ask HISTORY for them, and when to call them lost.
 - L{TailProbe}: when to ask whether the room went on after the last message
   we saw (a lost last message leaves no gap to notice).
+- L{Roster} (1.2): who is in the room, who hosts it and who is muted, from
+  COMPLETE and the numbered events shown in order.
+- L{Liveness} (1.2): when to send a HEARTBEAT, and whether the server has
+  stopped answering (or is back).
 
 Every structure is bounded: the outbox by its window (and the caller's
 queue), the sequencer by L{MAX_SPAN} seqs.
@@ -21,7 +25,10 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Iterable, TypeVar, Union
+
+from ocm.wire.datagram import EventKind
+from ocm.wire.names import name_key
 
 # Retransmission timeouts, seconds. The floor keeps a loopback round trip of
 # a millisecond from retransmitting on scheduling noise; the backoff cap keeps
@@ -83,12 +90,25 @@ class RoundTrip:
         return min(cap, self.rto * 2 ** (attempt - 1))
 
 
+@dataclass(frozen=True)
+class Order:
+    """A moderation command (1.2 COMMAND), sent and retried like a line."""
+
+    op: str
+    name: str
+    reason: str = ""
+
+
+# What the outbox carries: a chat line, or a command.
+Item = Union[str, Order]
+
+
 @dataclass
 class Line:
-    """One line in flight."""
+    """One line (or command) in flight."""
 
     msg_id: int
-    text: str
+    text: Item
     first_sent: float
     attempts: int
     due: float  # when to send it again
@@ -107,14 +127,15 @@ class Outbox:
         self.rtt = rtt
         self.give_up = give_up
         self.window = window
-        self.queue: deque[str] = deque()
+        self.queue: deque[Item] = deque()
         self.flight: OrderedDict[int, Line] = OrderedDict()  # by msg_id
         self.next_id = 1
         self.delivered = 0
         self.failed = 0
-        self._late: OrderedDict[int, str] = OrderedDict()
+        self.refused = 0
+        self._late: OrderedDict[int, Item] = OrderedDict()
 
-    def add(self, text: str) -> None:
+    def add(self, text: Item) -> None:
         self.queue.append(text)
 
     @property
@@ -149,7 +170,7 @@ class Outbox:
         line.due = now + self.rtt.timeout(line.attempts)
         return line
 
-    def acknowledge(self, msg_id: int, now: float) -> tuple[str, bool] | None:
+    def acknowledge(self, msg_id: int, now: float) -> tuple[Item, bool] | None:
         """
         An ECHO for C{msg_id}: its text and whether it had been given up;
         None for one already acknowledged (a duplicate ECHO) or never sent.
@@ -167,6 +188,24 @@ class Outbox:
             return text, True
         return None
 
+    def refuse(self, msg_id: int, now: float) -> Item | None:
+        """
+        REFUSED (1.2) for C{msg_id}: the server answered, and said no. Its
+        line or command, settled (neither delivered nor failed); None for a
+        repeated REFUSED.
+        """
+        line = self.flight.pop(msg_id, None)
+        if line is not None:
+            if line.attempts == 1:
+                self.rtt.sample(now - line.first_sent)
+            self.refused += 1
+            return line.text
+        text = self._late.pop(msg_id, None)
+        if text is not None:
+            self.failed -= 1
+            self.refused += 1
+        return text
+
     def give_ups(self, now: float) -> list[Line]:
         """Lines whose time ran out, removed and counted as failed."""
         out = [line for line in self.flight.values() if now - line.first_sent >= self.give_up]
@@ -181,7 +220,15 @@ class Outbox:
         while len(self._late) > LATE_MEMORY:
             self._late.popitem(last=False)
 
-    def abandon(self) -> list[str]:
+    def unsettled(self) -> list[Item]:
+        """Everything not echoed yet, in the order it was said (kept across a rejoin)."""
+        return [line.text for line in self.flight.values()] + list(self.queue)
+
+    def waiting_since(self) -> float | None:
+        """When the oldest line still waiting for its ECHO first went out."""
+        return min((line.first_sent for line in self.flight.values()), default=None)
+
+    def abandon(self) -> list[Item]:
         """Give up on everything, sent or not (the room closed, the path is dead)."""
         lines = [line.text for line in self.flight.values()] + list(self.queue)
         for line in list(self.flight.values()):
@@ -258,6 +305,14 @@ class Sequencer(Generic[T]):
         self.held[seq] = item
         self._flush()
         return True
+
+    def known(self, seq: int, now: float) -> None:
+        """
+        (1.2) The room has reached C{seq} (a PONG, a COMMAND's ECHO): the
+        seqs up to it that have not come are missing, and repaired as gaps.
+        """
+        if seq > self.top:
+            self._extend(seq, now, wait=self.reorder_wait)
 
     def expired(self, oldest: int) -> None:
         """EXPIRED: the server no longer keeps the seqs below C{oldest}."""
@@ -381,3 +436,127 @@ class TailProbe:
     def fired(self, now: float) -> None:
         self._step += 1
         self.at = now + self.delays[self._step] if self._step < len(self.delays) else None
+
+
+class Roster:
+    """
+    (1.2) The room's members in the order they came, its host and who is
+    muted: from COMPLETE, then from each numbered event as it is shown (in
+    seq order, once), so after repair it is the server's list.
+    """
+
+    def __init__(self, members: Iterable[str], host: str | None, muted: Iterable[str] = ()) -> None:
+        self.members: list[str] = []
+        for m in members:
+            self._add(m)
+        self.host = host
+        self._muted = {name_key(m) for m in muted}
+
+    def _add(self, name: str) -> None:
+        if all(name_key(m) != name_key(name) for m in self.members):
+            self.members.append(name)
+
+    def _drop(self, name: str) -> None:
+        key = name_key(name)
+        self.members = [m for m in self.members if name_key(m) != key]
+        self._muted.discard(key)
+        if self.host is not None and name_key(self.host) == key:
+            self.host = None
+
+    def is_host(self, name: str) -> bool:
+        return self.host is not None and name_key(self.host) == name_key(name)
+
+    def is_muted(self, name: str) -> bool:
+        return name_key(name) in self._muted
+
+    def has(self, name: str) -> bool:
+        return any(name_key(m) == name_key(name) for m in self.members)
+
+    def apply(self, kind: int, name: str) -> None:
+        """One event about C{name}, in the room's order."""
+        if kind == EventKind.JOINED:
+            self._add(name)
+        elif kind in (EventKind.LEFT, EventKind.TIMED_OUT, EventKind.KICKED, EventKind.BANNED):
+            self._drop(name)
+        elif kind == EventKind.MUTED:
+            if self.has(name):
+                self._muted.add(name_key(name))
+        elif kind == EventKind.UNMUTED:
+            self._muted.discard(name_key(name))
+        elif kind == EventKind.HOST:
+            self._add(name)
+            self.host = next(m for m in self.members if name_key(m) == name_key(name))
+        elif kind == EventKind.CLOSED:
+            self.members = []
+            self._muted.clear()
+            self.host = None
+
+
+# Liveness (1.2, PROTOCOL §4a): a HEARTBEAT not answered by a PONG in this
+# long is sent again (doubling up to the cap), so one lost datagram is not
+# taken for a dead server; while the server is silent, one every SILENT_BEAT.
+BEAT_RETRY = 1.0
+SILENT_BEAT = 2.0
+# Nothing from the server this long while a line waits for its ECHO: silent.
+LINE_SILENCE = 5.0
+
+
+class Liveness:
+    """
+    Whether the server is there: anything authentic from it counts. A
+    HEARTBEAT goes every C{interval}, sent again sooner while unanswered;
+    the server is silent after two intervals without a word, or
+    L{LINE_SILENCE} seconds while a line waits for its ECHO; back at the
+    next word. L{check} and L{heard} report each change once.
+    """
+
+    def __init__(self, now: float, interval: float, line_silence: float = LINE_SILENCE) -> None:
+        self.interval = interval
+        self.line_silence = line_silence
+        self.last_heard = now
+        self.silent = False
+        self.last_beat: float | None = None  # none yet: the first goes at once
+        self._tries = 0  # heartbeats since we last heard anything
+
+    @property
+    def next_beat(self) -> float:
+        if self.last_beat is None:
+            return float("-inf")
+        if self.silent:
+            return self.last_beat + SILENT_BEAT
+        if self._tries:
+            return self.last_beat + min(self.interval, BEAT_RETRY * 2 ** (self._tries - 1))
+        return self.last_beat + self.interval
+
+    def heard(self, now: float) -> bool:
+        """An authentic datagram from the server; True if it was silent (so is back)."""
+        self.last_heard = now
+        self._tries = 0
+        was, self.silent = self.silent, False
+        return was
+
+    def beat_due(self, now: float) -> bool:
+        return now >= self.next_beat
+
+    def beat_sent(self, now: float) -> None:
+        self.last_beat = now
+        self._tries += 1
+
+    def silence_at(self, waiting_since: float | None) -> float:
+        """When the server counts as silent, from what was heard and the oldest waiting line."""
+        at = self.last_heard + 2 * self.interval
+        if waiting_since is not None:
+            at = min(at, max(self.last_heard, waiting_since) + self.line_silence)
+        return at
+
+    def check(self, now: float, waiting_since: float | None) -> bool:
+        """True once, when the server turns silent."""
+        if self.silent or now < self.silence_at(waiting_since):
+            return False
+        self.silent = True
+        return True
+
+    def deadline(self, waiting_since: float | None) -> float:
+        if self.silent:
+            return self.next_beat
+        return min(self.next_beat, self.silence_at(waiting_since))

@@ -6,7 +6,12 @@ session and the console until the member leaves or the room goes away.
 The exit status says how it ended: 0 after leaving on purpose (/leave,
 /quit, end of input, Ctrl-C) with every line delivered, 3 after leaving on
 purpose when some line was not confirmed delivered, 1 when the room was
-closed by others or anything failed, 2 for usage errors.
+closed by others or anything failed, 2 for usage errors, 4 when the host
+removed us (kicked), 5 when the host banned us.
+
+Against a 1.2 server the client also watches the server's presence (the
+session says when it stops and starts answering) and, when the server came
+back without the room, joins again by itself: see L{ChatClient._recover}.
 """
 
 from __future__ import annotations
@@ -14,13 +19,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from ocm.client.console import Console, InputClosed
 from ocm.client.display import (
+    BACK,
     EARLIER_BEGIN,
     EARLIER_END,
+    NOT_ANSWERING,
+    RESTARTING,
+    excerpt,
+    refused_line,
+    rejoined_line,
+    removed_line,
     event_line,
     late_line,
     lost_line,
@@ -32,7 +44,9 @@ from ocm.client.display import (
     undelivered_line,
 )
 from ocm.client.errors import (
+    EXIT_BANNED,
     EXIT_FAILURE,
+    EXIT_KICKED,
     EXIT_OK,
     EXIT_UNDELIVERED,
     ClientError,
@@ -41,9 +55,10 @@ from ocm.client.errors import (
 )
 from ocm.client.loss import Loss
 from ocm.client.retry import retrying
+from ocm.client.reliable import Item, Order
 from ocm.client.session import ChatSession, Membership
 from ocm.client.tcrp import Reply, Server, list_rooms, request_redirected
-from ocm.wire.datagram import MAX_TEXT, Event, EventKind
+from ocm.wire.datagram import MAX_TEXT, Event, EventKind, reason_problem
 from ocm.wire.names import name_key, name_problem
 from ocm.wire.tcrp import Op, Status
 
@@ -56,6 +71,27 @@ HELP = [
     "  //text   send a message that starts with one /",
     f"Any other line is sent to the room (at most {MAX_TEXT} bytes).",
 ]
+HOST_HELP = [
+    "The host's commands:",
+    "  /kick NAME [reason]   remove NAME from the room (NAME may join again)",
+    "  /ban NAME [reason]    remove NAME, and refuse that name and its address",
+    "  /unban NAME           lift a ban",
+    "  /mute NAME            refuse what NAME says (NAME still reads)",
+    "  /unmute NAME          let NAME speak again",
+    "  /host NAME            hand the room over to NAME (then you may leave)",
+]
+GUEST_HELP = "  /kick, /ban, /unban, /mute, /unmute and /host are the host's commands."
+MODERATION = {"/kick": "kick", "/ban": "ban", "/unban": "unban", "/mute": "mute",
+              "/unmute": "unmute", "/host": "host"}
+# Ops whose name must be a member now; the others may name anyone.
+NEEDS_MEMBER = ("kick", "mute", "unmute", "host")
+
+# (1.2) Finding the room again after the server stopped answering: TCRP
+# looks every RECOVER_FIRST seconds, doubling up to RECOVER_CAP, for up to
+# REJOIN_PATIENCE seconds from when the server fell silent.
+RECOVER_FIRST = 1.0
+RECOVER_CAP = 5.0
+REJOIN_PATIENCE = 180.0
 
 # How long the console may take to flush its output when the client ends.
 FLUSH_TIMEOUT = 2.0
@@ -116,6 +152,14 @@ class ChatClient:
         self._earlier_shown = False
         self._leaving = False
         self._input_paused = False
+        # The password the room was entered with, kept in memory only, so
+        # that the host can create the room again after a crash.
+        self._password: str | None = None
+        self._op = Op.JOIN_ROOM
+        self._recovering: defer.Deferred[None] | None = None
+        self._rejoining = False
+        self._pending: list[Item] = []  # typed while rejoining
+        self._quit_warned = False
 
     # -- start --------------------------------------------------------------
 
@@ -196,6 +240,7 @@ class ChatClient:
                     ),
                     self.note,
                 )
+                self._password = password or ""
                 return reply, op, name
             except RequestRefused as e:
                 retry = s.interactive and op == Op.JOIN_ROOM and attempt < ATTEMPTS
@@ -220,12 +265,15 @@ class ChatClient:
         }.get(e.status, "")
         return RequestRefused(e.sentence + hint, e.status, e.server_message)
 
-    def _joined(self, membership: Membership, op: Op) -> None:
+    def _open_session(self, membership: Membership, backlog: int) -> None:
         self.membership = membership
-        self.session = ChatSession(membership, self, self.reactor,
-                                   backlog=self.settings.backlog, loss=self.settings.loss)
+        self.session = ChatSession(membership, self, self.reactor, backlog=backlog, loss=self.settings.loss)
         interface = "::" if ":" in membership.server_ip else ""
         self.port = self.reactor.listenUDP(0, self.session, interface=interface)
+
+    def _joined(self, membership: Membership, op: Op) -> None:
+        self._op = op
+        self._open_session(membership, self.settings.backlog)
         room, name = quoted(membership.room), quoted(membership.name)
         if op == Op.CREATE_ROOM:
             self.note(f"Created room {room} as {name}; you are its host, and it closes when you leave.")
@@ -262,6 +310,9 @@ class ChatClient:
             return
         if self.settings.erase_typed:
             self.console.write(ERASE_TYPED_LINE)
+        if self._rejoining:
+            self._pending.append(text)
+            return
         self.session.say(text)
         if self.session.queued >= QUEUE_HIGH and not self._input_paused:
             self._input_paused = True
@@ -273,19 +324,86 @@ class ChatClient:
         self.console.resume_input()
 
     def _command(self, text: str) -> None:
-        word = text.split()[0].lower()
+        word, _, rest = text.partition(" ")
+        word = word.lower()
+        session = self.session
         if word == "/help":
             for line in HELP:
                 self.console.write_line(line)
+            if session.numbered:
+                for line in (HOST_HELP if session.is_host else [GUEST_HELP]):
+                    self.console.write_line(line)
         elif word == "/who":
             m = self.membership
-            self.console.write_line(members_line(m.room, self.session.members, m.name, m.host))
+            if session.numbered:
+                line = members_line(m.room, session.members, m.name, session.roster.host,
+                                    [n for n in session.members if session.roster.is_muted(n)])
+            else:
+                line = members_line(m.room, session.members, m.name, m.host)
+            self.console.write_line(line)
         elif word == "/rooms":
             defer.ensureDeferred(self._show_rooms())
         elif word in ("/leave", "/quit"):
+            others = len(session.members) - 1
+            if session.numbered and session.is_host and others > 0 and not self._quit_warned:
+                self._quit_warned = True
+                self.note(f"You are the host: leaving closes room {quoted(self.membership.room)} for "
+                          f"{others} other{'' if others == 1 else 's'}. Hand it over first with /host NAME, "
+                          f"or type {word} again to leave and close it.")
+                return
             self._leave_when_sent()
+        elif word in MODERATION:
+            self._moderate(word, MODERATION[word], rest.strip())
         else:
             self.note(f"Unknown command {sanitize(word)}; /help lists the commands.")
+
+    def _moderate(self, word: str, op: str, rest: str) -> None:
+        """/kick NAME [reason] and the others: checked here, then sent as COMMAND."""
+        session = self.session
+        if not session.numbered:
+            self.note(f"{word} needs a protocol 1.2 server; this one speaks "
+                      f"{'1.1' if session.reliable else '1'}.")
+            return
+        if not session.is_host:
+            host = session.roster.host
+            self.note(f"{word} is the host's command" + (f"; the host is {quoted(host)}." if host else "."))
+            return
+        name, reason = self._target(rest, op)
+        if not name:
+            self.note(f"Usage: {word} NAME" + (" [reason]" if op in ("kick", "ban") else "") + ".")
+            return
+        if reason and op not in ("kick", "ban"):
+            self.note(f"Usage: {word} NAME ({quoted(name + ' ' + reason)} is not a member).")
+            return
+        if op in NEEDS_MEMBER and not session.roster.has(name):
+            self.note(f"{quoted(name)} is not in the room; /who lists the members.")
+            return
+        problem = reason_problem(reason)
+        if problem:
+            self.note(f"Not sent: {problem}.")
+            return
+        if self._rejoining:
+            self._pending.append(Order(op, name, reason))
+            return
+        session.order(op, name, reason)
+
+    def _target(self, rest: str, op: str) -> tuple[str, str]:
+        """
+        NAME and the reason from what follows the command. Names may hold
+        spaces: the longest start of C{rest} that names a member wins, else
+        the first word (a ban or unban may name someone absent).
+        """
+        best = ""
+        for member in self.session.members:
+            if (name_key(rest) == name_key(member) or name_key(rest).startswith(name_key(member) + " ")) \
+                    and len(member) > len(best):
+                best = member
+        if best:
+            return best, rest[len(best):].strip()
+        if op == "unban":
+            return rest, ""
+        word, _, reason = rest.partition(" ")
+        return word, reason.strip()
 
     async def _show_rooms(self) -> None:
         try:
@@ -312,6 +430,8 @@ class ChatClient:
         if self.code is not None or self.session is None or self._leaving:
             return
         self._leaving = True
+        if self._rejoining:
+            return  # leaves once back in the room, with what was typed
         waiting = self.session.unconfirmed
         if waiting and self.settings.interactive:
             self.note(f"Leaving once {'your last line is' if waiting == 1 else f'your last {waiting} lines are'} "
@@ -333,8 +453,14 @@ class ChatClient:
         line = event_line(event)
         if line is not None:
             self.console.write_line(line)
+        mine = name_key(event.name) == name_key(self.membership.name)
         if event.kind == EventKind.CLOSED and not self.session.left:
             self.finish(EXIT_FAILURE)
+        elif event.kind in (EventKind.KICKED, EventKind.BANNED) and mine:
+            self.err(removed_line(event, self.membership.room))
+            self.finish(EXIT_BANNED if event.kind == EventKind.BANNED else EXIT_KICKED)
+        elif event.kind == EventKind.HOST and mine:
+            self.note("You are now the host of this room; /help lists the host's commands.")
 
     def messages_lost(self, count: int) -> None:
         self.console.write_line(lost_line(count))
@@ -352,6 +478,127 @@ class ChatClient:
     def server_silent(self, count: int) -> None:
         self.note(silent_line(count, self.session.outbox.give_up))
 
+    def line_refused(self, item: Item, why: str) -> None:
+        if isinstance(item, Order):
+            what = f"/{item.op} {sanitize(item.name)}" + (f" {sanitize(item.reason)}" if item.reason else "")
+        else:
+            what = excerpt(item)
+        self.note(refused_line(what, why))
+
+    def server_not_answering(self) -> None:
+        if not self.session.restarting:
+            self.note(NOT_ANSWERING)
+        if self._recovering is None:
+            self._recovering = defer.ensureDeferred(self._recover(self.session))
+            self._recovering.addErrback(self._start_failed)
+
+    def server_back(self) -> None:
+        self.note(BACK)
+
+    def server_restarting(self) -> None:
+        self.note(RESTARTING)
+
+    async def _recover(self, session: ChatSession) -> None:
+        """
+        While C{session}'s server is silent, ask over TCRP whether it is up
+        and still has the room. It is up without the room (a crash, or a
+        restart that lost it), or we were silent past the server's timeout
+        (so it removed us): join again by ourselves. Bounded by
+        L{REJOIN_PATIENCE}; the session's own heartbeats notice a server
+        that comes back with the room.
+        """
+        try:
+            started = self.reactor.seconds()
+            delay = RECOVER_FIRST
+            while self.session is session and session.liveness.silent and self.code is None:
+                await task.deferLater(self.reactor, delay, lambda: None)
+                delay = min(RECOVER_CAP, delay * 2)
+                if self.session is not session or not session.liveness.silent or self.code is not None:
+                    return
+                try:
+                    rooms = await list_rooms(self.reactor, self.server)
+                except ClientError:
+                    rooms = None  # down still
+                if rooms is not None:
+                    listed = any(isinstance(r, dict) and isinstance(r.get("name"), str)
+                                 and name_key(r["name"]) == name_key(session.membership.room) for r in rooms)
+                    silent_for = self.reactor.seconds() - session.liveness.last_heard
+                    if not listed or silent_for > session.membership.timeout:
+                        await self._rejoin(session, started)
+                        return
+                if self.reactor.seconds() - started > REJOIN_PATIENCE:
+                    self._give_up_server(started)
+                    return
+        finally:
+            self._recovering = None
+
+    async def _rejoin(self, session: ChatSession, started: float) -> None:
+        """The room is gone from the server: the host creates it again, a guest joins it again."""
+        m = session.membership
+        self._rejoining = True
+        host = session.is_host
+        self._pending = session.retire() + self._pending
+        if self.port is not None:
+            self.port.stopListening()
+            self.port = None
+        room = quoted(m.room)
+        op = Op.CREATE_ROOM if host else Op.JOIN_ROOM
+        self.note(f"*** room {room} is gone from the server; "
+                  + ("creating it again (you were its host)." if host else "joining it again once it is there."))
+        delay = RECOVER_FIRST
+        waiting_said = False
+        while self.code is None:
+            try:
+                reply = await request_redirected(self.reactor, self.server, op, m.room, m.name,
+                                                 self._password or "", note=self.note)
+                break
+            except RequestRefused as e:
+                if op == Op.CREATE_ROOM and e.status == Status.CONFLICT:
+                    op = Op.JOIN_ROOM  # someone made it first: join it
+                    continue
+                if e.status == Status.NOT_FOUND:
+                    if not waiting_said:
+                        waiting_said = True
+                        self.note(f"*** waiting for the host to create room {room} again.")
+                elif e.status == Status.CONFLICT:
+                    pass  # our old self is still there until it times out
+                elif e.status in (Status.TOO_MANY, Status.UNAVAILABLE) and e.retry_after:
+                    delay = max(delay, e.retry_after)
+                else:
+                    self._rejoining = False
+                    self.err(f"Could not join room {room} again: {e.sentence}")
+                    self.finish(EXIT_FAILURE)
+                    return
+            except ClientError:
+                pass  # the server is not up yet
+            if self.reactor.seconds() - started > REJOIN_PATIENCE:
+                self._rejoining = False
+                self._give_up_server(started)
+                return
+            await task.deferLater(self.reactor, delay, lambda: None)
+            delay = min(RECOVER_CAP, delay * 2)
+        if self.code is not None:
+            return
+        self._op = op
+        self._open_session(Membership.from_reply(m.room, m.name, reply), backlog=0)
+        self._rejoining = False
+        pending, self._pending = self._pending, []
+        for item in pending:
+            if isinstance(item, Order):
+                self.session.order(item.op, item.name, item.reason)
+            else:
+                self.session.say(item)
+        self.note(rejoined_line(self.membership.room))
+        if self._leaving:
+            self._leaving = False
+            self._leave_when_sent()
+
+    def _give_up_server(self, started: float) -> None:
+        waiting = len(self._pending) + (self.session.unconfirmed if self.session else 0)
+        self.err(f"Gave up: the server has not answered for {self.reactor.seconds() - started:.0f} s"
+                 + (f"; {waiting} line{'' if waiting == 1 else 's'} not delivered." if waiting else "."))
+        self.finish(EXIT_FAILURE)
+
     def server_unreachable(self) -> None:
         if self.code is None:
             self.err(f"Lost contact with the server: nothing listens on its UDP port "
@@ -362,9 +609,13 @@ class ChatClient:
 
     def leave(self) -> None:
         """Leave on purpose: LEAVE to the server, exit status 0 (3 if a line was not delivered)."""
+        for item in self._pending:
+            if isinstance(item, str):
+                self.note(undelivered_line(item, 0).replace(" (no echo from the server in 0 s)",
+                                                            " (the room was being joined again)"))
         if self.session is not None:
             self.session.leave()
-            if self.session.undelivered:
+            if self.session.undelivered or self._pending:
                 self.finish(EXIT_UNDELIVERED)
                 return
         self.finish(EXIT_OK)

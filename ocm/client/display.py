@@ -66,7 +66,43 @@ def event_line(event: Event) -> str | None:
         return f"* {name} timed out"
     if kind == EventKind.CLOSED:
         return f"* room closed: {sanitize(event.text) or 'no reason given'}"
+    reason = f": {sanitize(event.text)}" if event.text else ""
+    if kind == EventKind.KICKED:
+        return f"* {name} was removed by the host{reason}"
+    if kind == EventKind.BANNED:
+        return f"* {name} was banned by the host{reason}"
+    if kind == EventKind.UNBANNED:
+        return f"* {name} is no longer banned"
+    if kind == EventKind.MUTED:
+        return f"* {name} is muted"
+    if kind == EventKind.UNMUTED:
+        return f"* {name} may speak again"
+    if kind == EventKind.HOST:
+        return f"* {name} is now the host"
     return None
+
+
+def removed_line(event: Event, room: str) -> str:
+    """What a kicked or banned person reads about itself (1.2)."""
+    why = f" ({sanitize(event.text)})" if event.text else ""
+    if event.kind == EventKind.BANNED:
+        return f"You were banned from room {quoted(room)} by the host{why}; you cannot join it again."
+    return f"You were removed from room {quoted(room)} by the host{why}; you may join it again."
+
+
+# (1.2) The server's presence, in plain words (PROTOCOL §4a).
+NOT_ANSWERING = "*** the server is not answering; your lines are kept and will be sent when it is back"
+BACK = "*** the server is back"
+RESTARTING = "*** the server is restarting; stay here"
+
+
+def rejoined_line(room: str) -> str:
+    return f"*** rejoined {sanitize(room)}; messages sent while the server was down may be missing"
+
+
+def refused_line(what: str, why: str) -> str:
+    """A REFUSED line or command (1.2): which, and the server's reason."""
+    return f"Refused by the server ({sanitize(why).rstrip('.') or 'no reason given'}): {what}"
 
 
 def lost_line(count: int) -> str:
@@ -112,13 +148,27 @@ def rooms_lines(rooms: Iterable[Any]) -> list[str]:
     return [f"Rooms ({len(lines)}):"] + sorted(lines, key=str.casefold)
 
 
-def members_line(room: str, members: Iterable[str], me: str, host: bool) -> str:
+def members_line(room: str, members: Iterable[str], me: str, host: bool | str | None,
+                 muted: Iterable[str] = ()) -> str:
+    """
+    /who: C{host} is the host's name (1.2), or whether we host (1.1, which
+    tells only that); the host and the muted are marked.
+    """
+    from ocm.wire.names import name_key
+
+    muted_keys = {name_key(m) for m in muted}
+    if isinstance(host, bool):
+        host = me if host else None
     names = []
     for m in members:
-        if m == me:
-            names.append(f"{sanitize(m)} (you{', host' if host else ''})")
-        else:
-            names.append(sanitize(m))
+        marks = []
+        if name_key(m) == name_key(me):
+            marks.append("you")
+        if host is not None and name_key(m) == name_key(host):
+            marks.append("host")
+        if name_key(m) in muted_keys:
+            marks.append("muted")
+        names.append(f"{sanitize(m)} ({', '.join(marks)})" if marks else sanitize(m))
     return f"Members of {quoted(room)} ({len(names)}): {', '.join(names)}"
 
 
@@ -136,6 +186,8 @@ def status_sentence(
         if password_given:
             return f"Wrong password for room {quoted(room)}."
         return f"Room {quoted(room)} needs a password."
+    if status == Status.FORBIDDEN:
+        return f"You are banned from room {quoted(room)}: the host banned this name or this address."
     if status == Status.NOT_FOUND:
         return f"Room {quoted(room)} does not exist."
     if status == Status.CONFLICT:

@@ -10,6 +10,9 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # Left as asked, but not every line was confirmed delivered.
 EXIT_UNDELIVERED = 3
+# (1.2) Removed from the room by its host: kicked (may join again), banned.
+EXIT_KICKED = 4
+EXIT_BANNED = 5
 
 
 class ClientError(Exception):

@@ -22,7 +22,19 @@ from twisted.internet.task import LoopingCall
 
 from ocm.client.errors import ClientError
 from ocm.client.loss import Loss
-from ocm.client.reliable import PROBE_SPAN, Outbox, RoundTrip, Sequencer, Shown, TailProbe
+from ocm.client.reliable import (
+    GIVE_UP,
+    PROBE_SPAN,
+    Item,
+    Liveness,
+    Order,
+    Outbox,
+    Roster,
+    RoundTrip,
+    Sequencer,
+    Shown,
+    TailProbe,
+)
 from ocm.client.tcrp import Reply
 from ocm.wire.datagram import (
     HEARTBEAT,
@@ -31,7 +43,9 @@ from ocm.wire.datagram import (
     DatagramError,
     Event,
     EventKind,
+    NUMBERED,
     chat,
+    command,
     history,
     open_server,
     seal_client,
@@ -65,6 +79,11 @@ class Membership:
     reliable: bool = False
     seq: int = 0
     history: int = 0
+    # 1.2: one numbering of every event (seq and history count events),
+    # PONG, COMMAND; who hosts and who is muted at the join.
+    numbered: bool = False
+    host_name: str | None = None
+    muted: tuple[str, ...] = ()
 
     @classmethod
     def from_reply(cls, room: str, name: str, reply: Reply) -> Membership:
@@ -92,7 +111,18 @@ class Membership:
         members = body.get("members", [name])
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise bad("members")
-        reliable = _version(body.get("version")) >= (1, 1)
+        version = _version(body.get("version"))
+        reliable = version >= (1, 1)
+        numbered = version >= (1, 2)
+        host_name: str | None = name if body.get("host") is True else None
+        muted: list[str] = []
+        if numbered:
+            given, muted = body.get("host_name"), body.get("muted", [])
+            if not isinstance(given, str):
+                raise bad("host_name")
+            host_name = given or None
+            if not isinstance(muted, list) or not all(isinstance(m, str) for m in muted):
+                raise bad("muted")
         seq = history = 0
         if reliable:
             seq, history = body.get("seq"), body.get("history", 0)
@@ -117,6 +147,9 @@ class Membership:
             reliable=reliable,
             seq=seq,
             history=history,
+            numbered=numbered,
+            host_name=host_name,
+            muted=tuple(muted),
         )
 
 
@@ -160,6 +193,18 @@ class SessionListener(Interface):
     def server_unreachable(self) -> None:
         """The server's UDP port refused a datagram (ICMP port unreachable)."""
 
+    def server_not_answering(self) -> None:
+        """1.2: nothing from the server for two heartbeats, or 5 s while a line waits."""
+
+    def server_back(self) -> None:
+        """1.2: the server answers again after L{server_not_answering}."""
+
+    def server_restarting(self) -> None:
+        """1.2: RESTARTING: the server stops for a moment and keeps the room."""
+
+    def line_refused(self, item: Item, why: str) -> None:
+        """1.2: REFUSED: C{item} (a line, or an L{Order}) was not done, because C{why}."""
+
 
 class ChatSession(DatagramProtocol):
     """
@@ -184,7 +229,7 @@ class ChatSession(DatagramProtocol):
         self.aead = AESGCM(membership.key)
         self.room_bytes = membership.room.encode("utf-8")
         self.my_key = name_key(membership.name)
-        self.members = list(membership.members)
+        self.roster = Roster(membership.members, membership.host_name, membership.muted)
         self.counter = 0  # our nonce counter; the first datagram uses 1
         self.window = ReplayWindow()  # on the server's counters
         self.last_seq: int | None = None
@@ -203,13 +248,27 @@ class ChatSession(DatagramProtocol):
         self._heartbeat.clock = clock
         # 1.1 only.
         self.reliable = membership.reliable
+        self.numbered = membership.numbered
         now = clock.seconds()
         self.rtt = RoundTrip()
-        self.outbox = Outbox(self.rtt)
-        count = min(max(0, backlog), membership.history, membership.seq) if self.reliable else 0
+        # 1.2: a typed line is kept while the server may come back (its
+        # timeout), not only GIVE_UP seconds.
+        self.outbox = Outbox(self.rtt, give_up=max(GIVE_UP, membership.timeout) if self.numbered else GIVE_UP)
+        self.backlog = max(0, backlog)
+        if self.numbered:
+            # The backlog counts messages, the numbering events: ask for
+            # more, show the last `backlog` messages among them.
+            want = 2 * self.backlog + 10 if self.backlog else 0
+        else:
+            want = self.backlog
+        count = min(want, membership.history, membership.seq) if self.reliable else 0
         self.sequencer: Sequencer[Event] = Sequencer(membership.seq - count + 1, membership.seq, now, self.rtt)
         self.probe = TailProbe(now)
         self.last_heard = now
+        self.liveness = Liveness(now, self.heartbeat_interval)
+        self.restarting = False
+        self.retired = False
+        self._earlier: list[Event] = []
         self._earlier_open = count > 0
         self._wake: Any = None
         self._settle_waiters: list[defer.Deferred[None]] = []
@@ -220,10 +279,24 @@ class ChatSession(DatagramProtocol):
     def heartbeat_interval(self) -> float:
         return self.membership.timeout / 3
 
+    @property
+    def members(self) -> list[str]:
+        return self.roster.members
+
+    @property
+    def is_host(self) -> bool:
+        """Whether we host the room now (1.2: it may have been handed to us)."""
+        if self.numbered:
+            return self.roster.is_host(self.membership.name)
+        return self.membership.host
+
     # -- life ---------------------------------------------------------------
 
     def startProtocol(self) -> None:
         self.transport.connect(self.membership.server_ip, self.membership.udp_port)
+        if self.numbered:
+            self._service()  # the first heartbeat, and the backlog's HISTORY
+            return
         # The first heartbeat, at once, registers our address with the server.
         self._heartbeat.start(self.heartbeat_interval, now=True)
         if self.reliable:
@@ -247,6 +320,20 @@ class ChatSession(DatagramProtocol):
     def _stop_heartbeat(self) -> None:
         if self._heartbeat.running:
             self._heartbeat.stop()
+
+    def retire(self) -> list[Item]:
+        """
+        1.2: this membership is gone without a word from the server (the
+        room was lost): stop, say nothing to it, and hand back what was
+        said and not echoed, in order, for the next membership.
+        """
+        kept = self.outbox.unsettled()
+        self.outbox.flight.clear()
+        self.outbox.queue.clear()
+        self.retired = True
+        self.closed = True
+        self._stop_sending()
+        return kept
 
     def leave(self) -> None:
         """Tell the server we go (once); the caller then closes the port."""
@@ -272,6 +359,11 @@ class ChatSession(DatagramProtocol):
         return self.unconfirmed + (self.outbox.failed if self.reliable else 0)
 
     # -- sending ------------------------------------------------------------
+
+    def order(self, op: str, name: str, reason: str = "") -> None:
+        """1.2: a moderation COMMAND, sent and retried in turn with the lines."""
+        self.outbox.add(Order(op, name, reason))
+        self._service()
 
     def say(self, text: str) -> None:
         """Send C{text} now, or as soon as the pace allows, in order."""
@@ -364,21 +456,36 @@ class ChatSession(DatagramProtocol):
 
     def _serve(self, now: float) -> None:
         for line in self.outbox.give_ups(now):
-            self.listener.line_failed(line.text)
-            if self.last_heard < line.first_sent:
+            if isinstance(line.text, Order):
+                self.listener.line_refused(line.text, "the server did not answer")
+            else:
+                self.listener.line_failed(line.text)
+            if self.last_heard < line.first_sent and not self.numbered:
                 # Not a datagram from the server in all that time: the path
                 # or the server is gone, and the rest would only wait as long.
                 rest = self.outbox.abandon()
                 if rest:
                     self.listener.server_silent(len(rest))
         sending = not self.left and not self.closed
+        if sending and self.numbered:
+            if self.liveness.beat_due(now):
+                # Outside the pace: at most one an interval, more only while
+                # unanswered, and the server answers each with a PONG.
+                self._send(HEARTBEAT)
+                self.liveness.beat_sent(now)
+            if self.liveness.check(now, self.outbox.waiting_since()):
+                self.listener.server_not_answering()
         while sending:
             sent = False
             if self._bucket.ready(now):
                 line = self.outbox.take(now)
                 if line is not None:
                     self._bucket.take(now)
-                    self._send(send(line.msg_id, line.text))
+                    item = line.text
+                    if isinstance(item, Order):
+                        self._send(command(line.msg_id, item.op, item.name, item.reason))
+                    else:
+                        self._send(send(line.msg_id, item))
                     sent = True
             if self._bucket.ready(now):
                 for first, last in self.sequencer.poll(now, 1):
@@ -398,6 +505,8 @@ class ChatSession(DatagramProtocol):
         if not sending:
             return
         times = [t for t in (self.outbox.deadline(), self.sequencer.deadline(), self.probe.at) if t is not None]
+        if self.numbered:
+            times.append(max(now, self.liveness.deadline(self.outbox.waiting_since())))
         later = [t for t in times if t > now]
         if self.outbox.ready(now) or len(later) < len(times):
             # Due now but held back by the pace: at least a tick, as rounding
@@ -414,6 +523,9 @@ class ChatSession(DatagramProtocol):
         self._service()
 
     def _show(self, shown: list[Shown[Event]]) -> None:
+        if self.numbered:
+            self._show_numbered(shown)
+            return
         for s in shown:
             if self._earlier_open and not s.earlier:
                 self._earlier_open = False
@@ -426,6 +538,41 @@ class ChatSession(DatagramProtocol):
         if self._earlier_open and self.sequencer.next_seq > self.sequencer.backlog_end:
             self._earlier_open = False
             self.listener.earlier_done()
+
+    def _show_numbered(self, shown: list[Shown[Event]]) -> None:
+        """
+        1.2: events in the room's order. The backlog's messages are held
+        until it ends, then its last C{backlog} are shown as earlier; its
+        other events are history the COMPLETE's lists already hold. Every
+        later event updates the roster before it is shown.
+        """
+        for s in shown:
+            if s.earlier:
+                if s.item is not None and s.item.kind == EventKind.MESSAGE:
+                    self._earlier.append(s.item)
+                continue
+            self._end_earlier()
+            if s.item is None:
+                self.listener.messages_lost(s.lost)
+                continue
+            event = replace(s.item, resent=False)
+            self.roster.apply(event.kind, event.name)
+            if event.kind == EventKind.CLOSED or (
+                event.kind in (EventKind.KICKED, EventKind.BANNED) and name_key(event.name) == self.my_key
+            ):
+                self.closed = True
+            self.listener.event_received(event)
+        if self._earlier_open and self.sequencer.next_seq > self.sequencer.backlog_end:
+            self._end_earlier()
+
+    def _end_earlier(self) -> None:
+        if not self._earlier_open:
+            return
+        self._earlier_open = False
+        earlier, self._earlier = self._earlier[-self.backlog:] if self.backlog else [], []
+        for event in earlier:
+            self.listener.event_received(replace(event, kind=EventKind.HISTORY, resent=False))
+        self.listener.earlier_done()
 
     def settled(self) -> defer.Deferred[None]:
         """
@@ -460,6 +607,9 @@ class ChatSession(DatagramProtocol):
             self.dropped += 1
             return
         self.window.accept(counter)
+        if self.numbered:
+            self._received_numbered(event)
+            return
         if self.reliable:
             self._received(event)
             return
@@ -474,11 +624,8 @@ class ChatSession(DatagramProtocol):
 
     def _membership_event(self, event: Event) -> None:
         kind = event.kind
-        if kind == EventKind.JOINED:
-            if all(name_key(m) != name_key(event.name) for m in self.members):
-                self.members.append(event.name)
-        elif kind in (EventKind.LEFT, EventKind.TIMED_OUT):
-            self.members = [m for m in self.members if name_key(m) != name_key(event.name)]
+        if kind in (EventKind.JOINED, EventKind.LEFT, EventKind.TIMED_OUT):
+            self.roster.apply(kind, event.name)
         elif kind == EventKind.CLOSED:
             self.closed = True
             self._stop_sending()
@@ -514,6 +661,58 @@ class ChatSession(DatagramProtocol):
             self.probe.touch(now)
         self._service()
 
+    def _received_numbered(self, event: Event) -> None:
+        """1.2: an authentic event; every numbered one goes through the sequencer."""
+        if self.closed:
+            return
+        now = self.clock.seconds()
+        self.last_heard = now
+        if self.liveness.heard(now):
+            self.restarting = False
+            self.listener.server_back()
+        kind = event.kind
+        top = self.sequencer.top
+        if kind in NUMBERED:
+            self.sequencer.receive(event.seq, event, now)
+            if kind == EventKind.CLOSED or (
+                kind in (EventKind.KICKED, EventKind.BANNED) and name_key(event.name) == self.my_key
+            ):
+                # The membership is over: nothing more will be repaired, so
+                # what came before is shown now, then this.
+                self.outbox.abandon()
+                self._show(self.sequencer.flush_all())
+                self._stop_sending()
+                self._settled()
+                return
+        elif kind == EventKind.ECHO:
+            acked = self.outbox.acknowledge(event.msg_id, now)
+            if acked is not None:
+                item, late = acked
+                if isinstance(item, Order):
+                    self.sequencer.known(event.seq, now)  # the event itself comes, or is repaired
+                else:
+                    if late:
+                        self.listener.line_late(item)
+                    mine = Event(EventKind.MESSAGE, event.seq, event.time_ms,
+                                 event.name or self.membership.name, item)
+                    self.sequencer.receive(event.seq, mine, now)
+        elif kind == EventKind.REFUSED:
+            item = self.outbox.refuse(event.msg_id, now)
+            if item is not None:
+                self.listener.line_refused(item, event.text)
+        elif kind == EventKind.EXPIRED:
+            self.sequencer.expired(event.seq)
+        elif kind == EventKind.PONG:
+            self.sequencer.known(event.seq, now)
+        elif kind == EventKind.RESTARTING:
+            self.sequencer.known(event.seq, now)
+            if not self.restarting:
+                self.restarting = True
+                self.listener.server_restarting()
+        if self.sequencer.top > top:
+            self.probe.touch(now)
+        self._service()
+
     def _sequence(self, seq: int) -> None:
         last = self.last_seq
         if last is not None and seq > last + 1:
@@ -522,6 +721,10 @@ class ChatSession(DatagramProtocol):
             self.last_seq = seq
 
     def connectionRefused(self) -> None:
+        if self.numbered:
+            # 1.2: a port that refuses now may listen again in a moment (a
+            # restart, a crash): the liveness timer tells the person.
+            return
         self.listener.server_unreachable()
 
     # -- version 1: echoes ----------------------------------------------------

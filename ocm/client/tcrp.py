@@ -28,6 +28,8 @@ from ocm.client.errors import ClientError, RequestRefused
 from ocm.client.trust import CATrust, Trust
 from ocm.wire.tcrp import Op, ProtocolError, ReplyParser, State, Status, encode_request
 
+# The protocol version asked for (PROTOCOL §1); COMPLETE says what is served.
+VERSION = "1.2"
 # A reply bigger than this is not an ocm server's (a LIST of many rooms fits).
 MAX_REPLY_PAYLOAD = 8 * 1024 * 1024
 
@@ -200,7 +202,8 @@ async def request(
     if op == Op.LIST_ROOMS:
         payload: dict[str, Any] = {}
     else:
-        payload = {"username": username}
+        # (1.2) Asked for in every request; a 1.1 server ignores the key.
+        payload = {"username": username, "version": VERSION}
         if password:
             payload["password"] = password
 

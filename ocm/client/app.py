@@ -83,8 +83,6 @@ HOST_HELP = [
 GUEST_HELP = "  /kick, /ban, /unban, /mute, /unmute and /host are the host's commands."
 MODERATION = {"/kick": "kick", "/ban": "ban", "/unban": "unban", "/mute": "mute",
               "/unmute": "unmute", "/host": "host"}
-# Ops whose name must be a member now; the others may name anyone.
-NEEDS_MEMBER = ("kick", "mute", "unmute", "host")
 
 # (1.2) Finding the room again after the server stopped answering: TCRP
 # looks every RECOVER_FIRST seconds, doubling up to RECOVER_CAP, for up to
@@ -375,9 +373,6 @@ class ChatClient:
         if reason and op not in ("kick", "ban"):
             self.note(f"Usage: {word} NAME ({quoted(name + ' ' + reason)} is not a member).")
             return
-        if op in NEEDS_MEMBER and not session.roster.has(name):
-            self.note(f"{quoted(name)} is not in the room; /who lists the members.")
-            return
         problem = reason_problem(reason)
         if problem:
             self.note(f"Not sent: {problem}.")
@@ -488,6 +483,9 @@ class ChatClient:
     def server_not_answering(self) -> None:
         if not self.session.restarting:
             self.note(NOT_ANSWERING)
+        self._watch_server()
+
+    def _watch_server(self) -> None:
         if self._recovering is None:
             self._recovering = defer.ensureDeferred(self._recover(self.session))
             self._recovering.addErrback(self._start_failed)
@@ -497,6 +495,7 @@ class ChatClient:
 
     def server_restarting(self) -> None:
         self.note(RESTARTING)
+        self._watch_server()
 
     async def _recover(self, session: ChatSession) -> None:
         """
@@ -580,7 +579,9 @@ class ChatClient:
         if self.code is not None:
             return
         self._op = op
-        self._open_session(Membership.from_reply(m.room, m.name, reply), backlog=0)
+        # What was said in the new room before we were back in it shows
+        # as earlier messages.
+        self._open_session(Membership.from_reply(m.room, m.name, reply), backlog=self.settings.backlog)
         self._rejoining = False
         pending, self._pending = self._pending, []
         for item in pending:
@@ -644,6 +645,8 @@ class ChatClient:
         if self.code is not None:
             return
         self.code = code
+        if self._recovering is not None:
+            self._recovering.cancel()
         if self.port is not None:
             self.port.stopListening()
         closing = self.console.close()

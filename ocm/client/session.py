@@ -117,7 +117,7 @@ class Membership:
         host_name: str | None = name if body.get("host") is True else None
         muted: list[str] = []
         if numbered:
-            given, muted = body.get("host_name"), body.get("muted", [])
+            given, muted = body.get("host_name", host_name or ""), body.get("muted", [])
             if not isinstance(given, str):
                 raise bad("host_name")
             host_name = given or None
@@ -268,6 +268,8 @@ class ChatSession(DatagramProtocol):
         self.liveness = Liveness(now, self.heartbeat_interval)
         self.restarting = False
         self.retired = False
+        # 1.2: where datagrams go (and must come from); None when connected.
+        self._server: tuple[str, int] | None = None
         self._earlier: list[Event] = []
         self._earlier_open = count > 0
         self._wake: Any = None
@@ -293,10 +295,15 @@ class ChatSession(DatagramProtocol):
     # -- life ---------------------------------------------------------------
 
     def startProtocol(self) -> None:
-        self.transport.connect(self.membership.server_ip, self.membership.udp_port)
         if self.numbered:
+            # 1.2: not connected. On a connected socket the kernel reports
+            # the ICMP of a port that is gone, and the reactor then closes
+            # ours; a 1.2 client waits for the server through a restart or a
+            # crash, so it sends to the address and checks what comes back.
+            self._server = (self.membership.server_ip, self.membership.udp_port)
             self._service()  # the first heartbeat, and the backlog's HISTORY
             return
+        self.transport.connect(self.membership.server_ip, self.membership.udp_port)
         # The first heartbeat, at once, registers our address with the server.
         self._heartbeat.start(self.heartbeat_interval, now=True)
         if self.reliable:
@@ -421,7 +428,7 @@ class ChatSession(DatagramProtocol):
             return  # the test hook's lossy path
         data = seal_client(self.aead, self.room_bytes, self.membership.token, self.counter, inner)
         try:
-            self.transport.write(data)
+            self.transport.write(data, self._server)
         except OSError:
             # A full buffer or a route that comes and goes: one datagram lost,
             # as UDP may lose any; the heartbeats carry on.
@@ -596,6 +603,9 @@ class ChatSession(DatagramProtocol):
     # -- receiving ----------------------------------------------------------
 
     def datagramReceived(self, data: bytes, address: Any) -> None:
+        if self._server is not None and tuple(address[:2]) != self._server:
+            self.dropped += 1  # 1.2: not from the server (the socket is not connected)
+            return
         if self.loss is not None and self.loss.incoming():
             return  # the test hook's lossy path
         try:
@@ -706,6 +716,8 @@ class ChatSession(DatagramProtocol):
             self.sequencer.known(event.seq, now)
         elif kind == EventKind.RESTARTING:
             self.sequencer.known(event.seq, now)
+            # Away until it answers again, which is then said.
+            self.liveness.silent = True
             if not self.restarting:
                 self.restarting = True
                 self.listener.server_restarting()

@@ -211,6 +211,18 @@ class Screen:
     def server_unreachable(self) -> None:
         self.lines.append(("unreachable",))
 
+    def server_not_answering(self) -> None:
+        self.lines.append(("not answering",))
+
+    def server_back(self) -> None:
+        self.lines.append(("back",))
+
+    def server_restarting(self) -> None:
+        self.lines.append(("restarting",))
+
+    def line_refused(self, item: Any, why: str) -> None:
+        self.lines.append(("refused", item, why))
+
     def messages(self) -> list[tuple[int, str, str]]:
         return [(seq, name, text) for kind, seq, name, text in
                 (line for line in self.lines if line[0] in ("MESSAGE", "HISTORY"))]

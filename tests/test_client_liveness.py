@@ -20,7 +20,11 @@ from ocm.client.reliable import (
     RoundTrip,
     Sequencer,
 )
-from ocm.wire.datagram import EventKind
+from ocm.client.session import Membership
+from ocm.wire.datagram import EventKind, Kind, encode_event, seal_server
+from tests import test_client_reliable as reliable_tests
+
+reply = reliable_tests.reply
 
 
 class RosterTests(unittest.TestCase):
@@ -119,3 +123,71 @@ class KnownSeqTests(unittest.TestCase):
         self.assertEqual([s.item for s in seq.shown()], ["JOINED carol", "MUTED bob"])
         seq.receive(7, "HOST bob", 1.5)
         self.assertTrue(seq.idle)
+
+
+class NumberedSessionTests(unittest.TestCase):
+    """bob's 1.2 session against crafted server datagrams, on a task.Clock."""
+
+    # The 1.1 tests' helpers, not their tests.
+    _helpers = reliable_tests.ReliableSessionTests
+    join, sent, event = _helpers.join, _helpers.sent, _helpers.event
+
+    def setUp(self) -> None:
+        self.join(backlog=0, version="1.2", host_name="alice", muted=["bob"], seq=3)
+
+    def test_versions(self) -> None:
+        self.assertTrue(self.membership.numbered)
+        self.assertEqual((self.membership.host_name, self.membership.muted), ("alice", ("bob",)))
+        old = Membership.from_reply("lobby", "bob", reply(version="1.1", host=True))
+        self.assertEqual((old.reliable, old.numbered, old.host_name), (True, False, "bob"))
+        self.assertRaises(Exception, Membership.from_reply, "lobby", "bob", reply(version="1.2", muted="bob"))
+
+    def test_every_numbered_event_in_order_and_the_roster(self) -> None:
+        self.event(EventKind.JOINED, 5, "carol")  # 4 is missing: held back
+        self.assertEqual(self.screen.lines, [])
+        self.clock.advance(0.2)
+        self.assertIn((0.2, "HISTORY", (4, 4)), self.sent(Kind.HISTORY))
+        self.event(EventKind.UNMUTED | 0x80, 4, "bob")  # the resent one
+        self.assertEqual(self.screen.lines, [("UNMUTED", "bob"), ("JOINED", "carol")])
+        self.assertEqual(self.session.members, ["alice", "bob", "carol"])
+        self.assertFalse(self.session.roster.is_muted("bob"))
+        self.event(EventKind.HOST, 6, "bob")
+        self.assertTrue(self.session.is_host)
+
+    def test_a_pong_ahead_asks_history(self) -> None:
+        self.clock.advance(0.5)
+        self.event(EventKind.PONG, 7)
+        self.clock.advance(0.2)
+        self.assertEqual(self.sent(Kind.HISTORY)[-1][2], (4, 7))
+
+    def test_refused_line_said_and_settled(self) -> None:
+        self.session.say("hi")
+        self.assertEqual(self.sent(Kind.SEND), [(0.0, "SEND", (1, "hi"))])
+        self.event(EventKind.REFUSED, 0, "bob", (1).to_bytes(4, "big") + b"you are muted")
+        self.assertIn(("refused", "hi", "you are muted"), self.screen.lines)
+        self.assertEqual(self.session.unconfirmed, 0)
+        self.clock.advance(5.0)
+        self.assertEqual(self.sent(Kind.SEND), [(0.0, "SEND", (1, "hi"))])  # not retried
+
+    def test_silence_said_once_then_back(self) -> None:
+        self.clock.pump([1.0] * 45)  # heartbeats every 20 s, nothing answers
+        self.assertEqual(self.screen.lines.count(("not answering",)), 1)
+        beats = [t for t, kind, _ in self.sent() if kind == "HEARTBEAT"]
+        self.assertEqual(beats[:3], [0.0, 1.0, 3.0])  # retried sooner while unanswered
+        self.event(EventKind.PONG, 3)
+        self.assertEqual(self.screen.lines[-1], ("back",))
+
+    def test_a_datagram_from_elsewhere_is_dropped(self) -> None:
+        self.counter += 1
+        data = seal_server(self.aead, self.counter, encode_event(EventKind.JOINED, 4, 0, b"mallory", b""))
+        self.session.datagramReceived(data, ("127.0.0.1", 9003))
+        self.assertEqual((self.screen.lines, self.session.dropped), ([], 1))
+
+    def test_removed_by_the_host_stops_at_once(self) -> None:
+        self.session.say("pending")
+        self.event(EventKind.KICKED, 6, "bob", "spam")  # 4 and 5 never came: shown lost first
+        self.assertEqual(self.screen.lines, [("lost", 2), ("KICKED", "bob")])
+        self.assertTrue(self.session.closed)
+        sent = len(self.udp.sent)
+        self.clock.advance(30)
+        self.assertEqual(len(self.udp.sent), sent)

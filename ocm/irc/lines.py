@@ -80,8 +80,10 @@ def _body(command: str, params: list[str], prefix: str) -> str:
         if last and (not p or " " in p or p.startswith(":")):
             parts.append(":" + p)
         else:
+            # A middle parameter is one word: what a client sent is echoed
+            # in numerics, and must not split or end the line.
             if not p or " " in p or p.startswith(":"):
-                raise ValueError(f"middle parameter {p!r} of {command} cannot be sent")
+                p = p.replace(" ", "_").lstrip(":") or "*"
             parts.append(p)
     return " ".join(parts)
 

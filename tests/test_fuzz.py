@@ -403,7 +403,7 @@ class FuzzTests(TestCase):
         self.assertEqual(len(svc.rooms.tokens), 0)
         tcrp = getattr(svc, "tcrp", None)
         if tcrp is not None and hasattr(tcrp, "active"):
-            self.assertEqual((tcrp.active, dict(tcrp.per_address)), (0, {}))
+            self.assertEqual((tcrp.active, dict(tcrp.door.caps.per_address)), (0, {}))
         def connections() -> list[Any]:
             return [s for s in reactor.getReaders() + reactor.getWriters()
                     if isinstance(s, (tcp.Server, tcp.Client))]

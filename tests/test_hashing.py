@@ -20,7 +20,7 @@ from ocm.server import passwords
 from ocm.server.hashing import TRIM_DELAY, HashPool, cpus, release_memory
 from ocm.server.rooms import RoomService
 from ocm.wire.tcrp import ProtocolError, ReplyParser, Status, encode_request
-from ocm.server.tcrp_server import TCRPFactory
+from tests.listeners import tcrp_factory
 from tests import wire
 from tests.daemon import DaemonMixin
 
@@ -138,7 +138,7 @@ class PasswordTriesTests(SynchronousTestCase):
         pool = HashPool(clock, workers=1, queue=0, run=run)
         service = RoomService(clock)
         service.create_room("R", "host", "10.0.0.9", passwords.hash_password("pw"))
-        factory = TCRPFactory(service, clock, password_rate=3 / 60, password_burst=5, offload=pool.submit)
+        factory = tcrp_factory(service, clock, password_rate=3 / 60, password_burst=5, offload=pool.submit)
 
         def join(name):
             proto = factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 40000))

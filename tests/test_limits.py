@@ -17,7 +17,7 @@ from ocm.server.limits import Buckets, ConnectionCaps, TokenBucket
 from ocm.server.passwords import hash_password
 from ocm.server.rooms import RoomService
 from ocm.wire.tcrp import ReplyParser, encode_request
-from ocm.server.tcrp_server import TCRPFactory
+from tests.listeners import tcrp_factory
 from tests.test_rooms import Peer
 
 
@@ -82,7 +82,7 @@ class AdmissionTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.service = RoomService(self.clock)
-        self.factory = TCRPFactory(
+        self.factory = tcrp_factory(
             self.service, self.clock, max_connections=50, max_per_address=20,
             request_rate=5, request_burst=20, password_rate=3 / 60, password_burst=5,
             offload=lambda f, *a: defer.succeed(f(*a)),
@@ -229,8 +229,8 @@ class CrowdTests(SynchronousTestCase):
         # The daemon's defaults, but the request rate: these tests make more
         # requests in no time than any class would (test_a_class_joins_at_once
         # puts it back).
-        self.factory = TCRPFactory(self.service, self.clock, offload=offload)
-        self.factory.requests.rate = 0
+        self.factory = tcrp_factory(self.service, self.clock, offload=offload)
+        self.factory.desk.requests.rate = 0
         self.service.create_room("Class", "teacher", "10.0.0.9", cheap_hash("right"))
 
     def join(self, user, password, ip="10.0.0.1"):
@@ -248,7 +248,7 @@ class CrowdTests(SynchronousTestCase):
         return response_of(self.join(user, password, ip))["status"]
 
     def test_a_class_joins_at_once(self):
-        self.factory.requests.rate = 5
+        self.factory.desk.requests.rate = 5
         self.assertEqual([self.status(f"s{i}", "right") for i in range(50)], [200] * 50)
         self.assertEqual(self.factory.limited, {})
 
@@ -319,7 +319,7 @@ class CrowdTests(SynchronousTestCase):
         self.assertEqual(self.status("s", "right"), 200)
 
     def test_every_429_says_when_to_come_back(self):
-        factory = TCRPFactory(
+        factory = tcrp_factory(
             self.service, self.clock, max_connections=30, max_per_address=3,
             request_rate=5, request_burst=4,
         )

@@ -31,7 +31,7 @@ class OptionsTests(TestCase):
              o["password-burst"], o["address-password-rate"], o["address-password-burst"]),
             (50, 5.0, 50, 3.0, 5, 5.0, 50),
         )
-        tcrp = makeService(self.parse("--data-dir", self.mktemp())).tcrp
+        tcrp = makeService(self.parse("--data-dir", self.mktemp())).desk
         self.assertEqual((tcrp.password_tries.rate, tcrp.password_tries.burst), (3 / 60, 5))
         self.assertEqual((tcrp.address_password_tries.rate, tcrp.address_password_tries.burst), (5 / 60, 50))
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
+from ocm.server.desk import FrontDesk
+from ocm.server.rooms import RoomService
 from ocm.wire.datagram import Event, EventKind
 from ocm.server.tap import Options
 from ocm.wire.tcrp import Op, ProtocolError
@@ -138,13 +141,8 @@ class OriginTests(TestCase):
 
 class ClientAddressTests(TestCase):
     def factory(self, behind_proxy):
-        class Tcrp:
-            request_timeout = 10.0
-
-        class Rooms:
-            timeout = 60.0
-
-        return WebChatFactory(Rooms(), Tcrp(), behind_proxy=behind_proxy)
+        desk = FrontDesk(RoomService(Clock()), Clock())
+        return WebChatFactory(desk, desk.door("web", 10, 10), behind_proxy=behind_proxy)
 
     def test_forwarded_for_only_behind_a_local_proxy(self):
         direct, proxied = self.factory(False), self.factory(True)
@@ -162,14 +160,8 @@ class PingTests(TestCase):
         # pongs must come closer together than the timeout, with room for a
         # round trip, or the sweep removes a browser that is answering.
         for timeout in (0.5, 1.0, 60.0):
-            class Tcrp:
-                request_timeout = 10.0
-
-            class Rooms:
-                pass
-
-            Rooms.timeout = timeout
-            factory = WebChatFactory(Rooms(), Tcrp())
+            desk = FrontDesk(RoomService(Clock(), timeout=timeout), Clock())
+            factory = WebChatFactory(desk, desk.door("web", 10, 10))
             self.assertLess(factory.autoPingInterval + 0.2, timeout * 0.8, timeout)
 
 

@@ -137,7 +137,8 @@ class Server:
             # address) lifted where this version has them; the per-member
             # datagram rate stays at its default, which the load is under.
             for option, value in (("request-rate", "0"), ("max-per-address", "100000"),
-                                  ("max-connections", "100000")):
+                                  ("max-connections", "100000"), ("max-rooms-per-address", "100000"),
+                                  ("max-members-per-address", "1000000")):
                 if option in known:
                     args += [f"--{option}", value]
             if not self.tls:

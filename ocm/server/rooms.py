@@ -46,7 +46,7 @@ from ocm.wire.datagram import (
 from ocm.server.history import DEFAULT_BYTES as DEFAULT_HISTORY_BYTES
 from ocm.server.history import DEFAULT_COUNT as DEFAULT_HISTORY
 from ocm.server.history import History
-from ocm.server.limits import TokenBucket
+from ocm.server.limits import TokenBucket, address_key
 from ocm.wire.names import name_key
 from ocm.server.passwords import PasswordHash
 from ocm.server.replay import ReplayWindow
@@ -101,12 +101,12 @@ class Member:
     # they share the object's first cache line.
     __slots__ = (
         "aead", "address", "sent", "name", "name_bytes", "room", "token", "key",
-        "ip", "window", "last_seen", "bucket", "sends", "transport",
+        "ip", "window", "last_seen", "bucket", "sends", "transport", "version", "limit_key",
     )
 
     def __init__(
         self, name: str, room: Room, ip: str, now: float, bucket: TokenBucket,
-        transport: MemberTransport | None = None,
+        transport: MemberTransport | None = None, version: str = "1.1",
     ) -> None:
         self.name = name
         self.name_bytes = name.encode()
@@ -123,6 +123,8 @@ class Member:
         self.bucket = bucket  # datagrams this member may still send now
         self.sends: SendWindow | None = None  # made on the first SEND
         self.transport = transport  # None for a UDP member
+        self.version = version  # the protocol version it asked to be served
+        self.limit_key = address_key(self.ip)  # what its address's shares count
 
     @property
     def is_host(self) -> bool:
@@ -133,7 +135,7 @@ class Member:
 
 
 class Room:
-    __slots__ = ("name", "name_bytes", "password", "members", "host", "seq", "history", "others")
+    __slots__ = ("name", "name_bytes", "password", "members", "host", "seq", "history", "others", "owner_key")
 
     def __init__(self, name: str, password: PasswordHash | None, history: History | None = None) -> None:
         self.name = name
@@ -145,6 +147,8 @@ class Room:
         self.history = history
         # Members with a MemberTransport (browsers, IRC), also in members.
         self.others: list[Member] = []
+        # The address key of whoever created it: its share of rooms.
+        self.owner_key = ""
 
 
 class RoomService:
@@ -186,6 +190,10 @@ class RoomService:
         self.rooms: dict[str, Room] = {}
         self.tokens: dict[bytes, Member] = {}  # UDP members by token
         self.member_count = 0  # every member, whatever its transport
+        # Rooms hosted and members held per address key (an IPv6 /64 is one
+        # address), for the front desk's per-address shares.
+        self.rooms_by_address: Counter[str] = Counter()
+        self.members_by_address: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         # Plain integers, counted where things happen; read through stats.
         self.received = 0  # datagrams handed to datagram_received
@@ -247,14 +255,16 @@ class RoomService:
 
     def create_room(
         self, room: str, username: str, ip: str, password: PasswordHash | None,
-        transport: MemberTransport | None = None,
+        transport: MemberTransport | None = None, version: str = "1.1",
     ) -> Member:
         self.check_create(room)
         history = History(self.history, self.history_bytes) if self.history else None
         r = Room(room, password, history)
         self.rooms[name_key(room)] = r
-        member = self._add(r, username, ip, transport)
+        member = self._add(r, username, ip, transport, version)
         r.host = member
+        r.owner_key = member.limit_key
+        self.rooms_by_address[r.owner_key] += 1
         self.log.info(
             "room {room!r} created by {user!r} from {ip}{locked}",
             room=room, user=username, ip=ip,
@@ -270,7 +280,7 @@ class RoomService:
 
     def join_room(
         self, room: str, username: str, ip: str, expected: Room | None = None,
-        transport: MemberTransport | None = None,
+        transport: MemberTransport | None = None, version: str = "1.1",
     ) -> Member:
         """
         Add a member. C{expected} is the room whose password was checked: if
@@ -283,7 +293,7 @@ class RoomService:
             raise ProtocolError(Status.CONFLICT, f"username {username!r} is taken in room {r.name!r}")
         if len(r.members) >= self.max_members:
             raise ProtocolError(Status.UNAVAILABLE, f"room {r.name!r} is full")
-        member = self._add(r, username, ip, transport)
+        member = self._add(r, username, ip, transport, version)
         self.log.info("{user!r} joined room {room!r} from {ip}", user=username, room=r.name, ip=ip)
         self._broadcast(r, EventKind.JOINED, 0, member.name_bytes, b"", exclude=member)
         return member
@@ -304,12 +314,16 @@ class RoomService:
             "history": self.history,
         }
 
-    def _add(self, room: Room, username: str, ip: str, transport: MemberTransport | None = None) -> Member:
+    def _add(
+        self, room: Room, username: str, ip: str, transport: MemberTransport | None = None,
+        version: str = "1.1",
+    ) -> Member:
         now = self.clock.seconds()
         bucket = TokenBucket(self.member_rate, self.member_burst, now)
-        member = Member(username, room, normalize_ip(ip), now, bucket, transport)
+        member = Member(username, room, normalize_ip(ip), now, bucket, transport, version)
         room.members[name_key(username)] = member
         self.member_count += 1
+        self.members_by_address[member.limit_key] += 1
         if transport is None:
             self.tokens[member.token.encode()] = member
         else:
@@ -558,6 +572,7 @@ class RoomService:
 
     def _forget(self, member: Member) -> None:
         self.member_count -= 1
+        _count_down(self.members_by_address, member.limit_key)
         if member.transport is None:
             del self.tokens[member.token.encode()]
             self._departed_sent += member.sent
@@ -591,6 +606,7 @@ class RoomService:
         if room.history is not None:
             room.history.clear()
         del self.rooms[name_key(room.name)]
+        _count_down(self.rooms_by_address, room.owner_key)
         self.log.info("room {room!r} closed: {reason}", room=room.name, reason=reason)
         for hook in self.on_room_closed:
             try:
@@ -611,3 +627,12 @@ class RoomService:
                 continue
             for m in silent:
                 self._remove(m, timed_out=True)
+
+
+def _count_down(counts: Counter[str], key: str) -> None:
+    """One less under C{key}, never below zero, gone at zero."""
+    n = counts.get(key, 0)
+    if n <= 1:
+        counts.pop(key, None)
+    else:
+        counts[key] = n - 1

@@ -1,137 +1,144 @@
 """
-The daemon as one Twisted service: the TCRP listener, the UDP relay and the
-room service they share, started and stopped in the right order.
+The daemon as a tree of Twisted services: one L{OcmService} (a
+C{MultiService}) whose children are the listeners (UDP relay, TCRP, and the
+web page and metrics when asked for), all sharing one room service and one
+front desk, started and stopped in the right order.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
-from collections import Counter
-
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from ocm.server.hashing import HashPool
-from ocm.server.relay import Relay, enlarge_buffers
-from ocm.server.rooms import RoomService
 from ocm.ops.systemd import Notifier
+from ocm.server.desk import FrontDesk
+from ocm.server.hashing import HashPool
+from ocm.server.listeners import DatagramListener, StreamListener
+from ocm.server.relay import Relay
+from ocm.server.rooms import RoomService
 from ocm.server.tcrp_server import TCRPFactory
 
+if TYPE_CHECKING:
+    from ocm.cluster.directory import Directory
+    from ocm.web.chat import WebChatFactory
 
-class OcmService(service.Service):
+
+class OcmService(service.MultiService):
     """
-    Binds both ports in C{privilegedStartService} (before twistd drops
-    privileges), starts the liveness sweep, and on stop sends CLOSED to every
-    member while the UDP socket is still open, then closes the ports.
-    Tells systemd when it is ready and when it stops (L{Notifier}); with
-    C{metrics_factory} set, serves it (ocm.ops.metrics) on C{metrics_endpoint}
-    until both other ports are closed.
+    Binds every listener in C{privilegedStartService} (before twistd drops
+    privileges; a later bind that fails stops the earlier ones again),
+    starts the liveness sweep, and on stop sends CLOSED to every member
+    while the UDP socket is still open, then closes the chat listeners, and
+    the metrics listener last (/healthz says 503 until the others are
+    closed). Tells systemd when it is ready and when it stops (L{Notifier}).
     """
 
     log = Logger()
-    tcp: IListeningPort | None = None
-    udp: IListeningPort | None = None
-    # --web: (endpoint, factory, chat factory), set by makeService; its port.
-    web: tuple[Any, Any, Any] | None = None
-    web_port: IListeningPort | None = None
-    metrics: IListeningPort | None = None
-    metrics_endpoint: IStreamServerEndpoint | None = None
-    metrics_factory: Any = None
     stopping = False
 
     def __init__(
         self,
         rooms: RoomService,
+        desk: FrontDesk,
         tcrp: TCRPFactory,
-        tcp_endpoint: IStreamServerEndpoint,
-        tcp_factory: Any,
+        tcrp_listener: StreamListener,
         udp_port: int,
         interface: str,
         reactor: Any,
+        *,
         banner: list[str] | None = None,
         hashing: HashPool | None = None,
-        directory: Any = None,
+        directory: Directory | None = None,
         notifier: Notifier | None = None,
+        web: tuple[StreamListener, WebChatFactory] | None = None,
+        metrics_endpoint: IStreamServerEndpoint | None = None,
+        tls: bool = True,
     ) -> None:
+        super().__init__()
         self.rooms = rooms
-        # Cluster mode: the room directory (ocm.cluster.directory), else None.
+        self.desk = desk
         self.directory = directory
         self.tcrp = tcrp
+        self.tls = tls
         self.relay = Relay(rooms)
         self._minutely = LoopingCall(self.minutely)
         self._minutely.clock = reactor
         self._reported: Counter[str] = Counter()
-        self.tcp_endpoint = tcp_endpoint
-        self.tcp_factory = tcp_factory
-        self.udp_port_number = udp_port
-        self.interface = interface
         self.reactor = reactor
         self.banner = banner or []
         self.hashing = hashing
         self.notifier = notifier or Notifier(None)
+        # The children, in the order they bind; the chat ones stop first.
+        self.udp_listener = DatagramListener(udp_port, self.relay, interface, reactor)
+        self.tcrp_listener = tcrp_listener
+        self.chat_listeners: list[service.Service] = [self.udp_listener, tcrp_listener]
+        self.web_chat: WebChatFactory | None = None
+        self.web_listener: StreamListener | None = None
+        if web is not None:
+            self.web_listener, self.web_chat = web
+            self.chat_listeners.append(self.web_listener)
+        self.metrics_listener: StreamListener | None = None
+        for child in self.chat_listeners:
+            child.setServiceParent(self)
+        if metrics_endpoint is not None:
+            from ocm.ops import metrics
+
+            self.metrics_listener = StreamListener("metrics", metrics_endpoint, metrics.site(self))
+            self.metrics_listener.setServiceParent(self)
+
+    # -- the ports, for the status line, tests and metrics ---------------------
+
+    @property
+    def tcp(self) -> IListeningPort | None:
+        return self.tcrp_listener.port
+
+    @property
+    def udp(self) -> Any:
+        return self.udp_listener.port
+
+    @property
+    def web_port(self) -> IListeningPort | None:
+        return self.web_listener.port if self.web_listener is not None else None
+
+    @property
+    def metrics(self) -> IListeningPort | None:
+        return self.metrics_listener.port if self.metrics_listener is not None else None
+
+    @property
+    def tcp_port(self) -> int:
+        return self.tcp.getHost().port
+
+    # -- life -------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def _listen(self) -> None:
-        if self.udp is not None:
-            return
-        self.udp = self.reactor.listenUDP(
-            self.udp_port_number, self.relay, interface=self.interface, maxPacketSize=8192
-        )
-        enlarge_buffers(self.udp.socket)
-        results: list[Any] = []
-        self.tcp_endpoint.listen(self.tcp_factory).addBoth(results.append)
-        if not results:
-            raise RuntimeError("the TCP endpoint did not listen at once")
-        if isinstance(results[0], Failure):
-            self.udp.stopListening()
-            self.udp = None
-            results[0].raiseException()
-        self.tcp = results[0]
-        if self.web is not None:
-            results = []
-            self.web[0].listen(self.web[1]).addBoth(results.append)
-            if not results or isinstance(results[0], Failure):
-                self.udp.stopListening()
-                self.tcp.stopListening()
-                self.udp = self.tcp = None
-                if results:
-                    results[0].raiseException()
-                raise RuntimeError("the web endpoint did not listen at once")
-            self.web_port = results[0]
-        if self.metrics_factory is not None:
-            results = []
-            self.metrics_endpoint.listen(self.metrics_factory).addBoth(results.append)
-            if not results or isinstance(results[0], Failure):
-                for port in (self.tcp, self.udp, self.web_port):
-                    if port is not None:
-                        port.stopListening()
-                self.tcp = self.udp = self.web_port = None
-                if results:
-                    results[0].raiseException()
-                raise RuntimeError("the metrics endpoint did not listen at once")
-            self.metrics = results[0]
+        started: list[service.IService] = []
+        try:
+            for child in self:
+                child.privilegedStartService()
+                started.append(child)
+        except BaseException:
+            for child in reversed(started):
+                child.stopService()
+            raise
+        service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
-        self._listen()
+        self.privilegedStartService()
         self.stopping = False
         super().startService()
         if self.hashing is not None:
             self.hashing.start()
         self.rooms.start()
         self._minutely.start(60, now=False)
-        tcp_host = self.tcp.getHost()
         self.log.info(
             "ocm listening: TCRP on {tcp}, UDP on port {udp}",
-            tcp=f"{getattr(tcp_host, 'host', '')}:{getattr(tcp_host, 'port', tcp_host)}",
-            udp=self.rooms.udp_port,
+            tcp=_where(self.tcp), udp=self.rooms.udp_port,
         )
         for line in self.banner:
             self.log.info("{line}", line=line)
@@ -142,7 +149,7 @@ class OcmService(service.Service):
         self.reactor.callWhenRunning(self._ready)
 
     def _ready(self) -> None:
-        """Both ports listen and the reactor turns: tell systemd, start its watchdog."""
+        """Every port listens and the reactor turns: tell systemd, start its watchdog."""
         if not self.running:
             return
         self.notifier.notify("READY=1", "STATUS=" + self.status())
@@ -150,7 +157,7 @@ class OcmService(service.Service):
 
     def status(self) -> str:
         """One line for systemctl status: what is served, and how busy."""
-        tls = "TLS" if self.tcp_factory is not self.tcrp else "plain TCP"
+        tls = "TLS" if self.tls else "plain TCP"
         metrics = f", metrics on {_where(self.metrics)}" if self.metrics is not None else ""
         return (
             f"TCRP ({tls}) on {_where(self.tcp)}, UDP on port {self.rooms.udp_port}{metrics}; "
@@ -166,7 +173,7 @@ class OcmService(service.Service):
 
     def minutely(self) -> None:
         """Forget idle rate-limit state; log what was dropped, if anything."""
-        self.tcrp.prune()
+        self.desk.prune()
         counts = self.counts()
         moved = counts - self._reported
         self._reported = counts
@@ -182,21 +189,19 @@ class OcmService(service.Service):
         """Every drop and refusal since start, by reason."""
         counts: Counter[str] = Counter({f"datagram {k}": v for k, v in self.rooms.drops.items()})
         counts.update({f"request {k}": v for k, v in self.tcrp.refusals.items()})
-        if self.web is not None:
-            counts.update({f"web {k}": v for k, v in self.web[2].refusals.items()})
+        if self.web_chat is not None:
+            counts.update({f"web {k}": v for k, v in self.web_chat.refusals.items()})
         return counts
 
-    @property
-    def tcp_port(self) -> int:
-        return self.tcp.getHost().port
-
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
         self.stopping = True
         self.notifier.stop_watchdog()
         self.notifier.notify("STOPPING=1", "STATUS=closing rooms")
         if self._minutely.running:
             self._minutely.stop()
+        # CLOSED goes out while the UDP socket is still open.
         self.rooms.stop()
         if self.hashing is not None:
             self.hashing.stop()
@@ -204,20 +209,13 @@ class OcmService(service.Service):
         if self.directory is not None:
             # After rooms.stop(): their names are released first.
             waits.append(defer.ensureDeferred(self.directory.stop()))
-        for port in (self.tcp, self.udp, self.web_port):
-            if port is not None:
-                waits.append(defer.maybeDeferred(port.stopListening))
-        self.tcp = self.udp = self.web_port = None
-        # /healthz says 503 until the chat ports are closed, then goes too.
-        d = defer.gatherResults(waits)
-        d.addBoth(self._close_metrics)
-        return d
-
-    def _close_metrics(self, result: Any) -> Any:
-        port, self.metrics = self.metrics, None
-        if port is None:
-            return result
-        return defer.maybeDeferred(port.stopListening).addCallback(lambda _: result)
+        waits.extend(defer.maybeDeferred(child.stopService) for child in reversed(self.chat_listeners))
+        try:
+            yield defer.gatherResults(waits, consumeErrors=True)
+        finally:
+            # /healthz says 503 until the chat ports are closed, then goes too.
+            if self.metrics_listener is not None:
+                yield self.metrics_listener.stopService()
 
 
 def _where(port: IListeningPort | None) -> str:

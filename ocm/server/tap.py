@@ -17,8 +17,9 @@ from twisted.python import usage
 from ocm.server import tls
 from ocm.cluster.url import parse_redis_url
 from ocm.server.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
+from ocm.server.desk import DEFAULT_MEMBERS_PER_ADDRESS, DEFAULT_ROOMS_PER_ADDRESS, FrontDesk
 from ocm.server.rooms import RoomService
-from ocm.server.service import OcmService
+from ocm.server.service import OcmService, StreamListener
 from ocm.ops.systemd import Notifier
 from ocm.server.tcrp_server import TCRPFactory
 from ocm.web import daemon as web
@@ -107,6 +108,12 @@ class Options(usage.Options):
         ["tls-key", None, None, "PEM private key for --tls-cert."],
         ["max-rooms", None, "1000", "Most rooms at once; past it CREATE gets 503.", _number("max-rooms", int, 1)],
         ["max-members", None, "250", "Most members in one room; past it JOIN gets 503.", _number("max-members", int, 1)],
+        ["max-rooms-per-address", None, str(DEFAULT_ROOMS_PER_ADDRESS),
+         "Most rooms hosted from one address (an IPv6 /64 is one); past it CREATE gets 429.",
+         _number("max-rooms-per-address", int, 1)],
+        ["max-members-per-address", None, str(DEFAULT_MEMBERS_PER_ADDRESS),
+         "Most members in all rooms from one address; past it CREATE and JOIN get 429.",
+         _number("max-members-per-address", int, 1)],
         ["max-connections", None, "1000",
          "Most TCRP connections open at once; past it a connection gets 503.", _number("max-connections", int, 1)],
         ["max-per-address", None, "50",
@@ -282,20 +289,26 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
     hashing = HashPool(
         reactor, workers=config["hash-workers"], queue=config["hash-queue"], memory=config["hash-memory"]
     )
-    tcrp = TCRPFactory(
+    directory = _directory(config, rooms, reactor) if config["redis"] is not None else None
+    desk = FrontDesk(
         rooms,
         reactor,
-        max_payload=config["max-payload"],
-        request_timeout=config["request-timeout"],
-        max_connections=config["max-connections"],
-        max_per_address=config["max-per-address"],
         request_rate=config["request-rate"],
         request_burst=config["request-burst"],
         password_rate=config["password-rate"] / 60,
         password_burst=config["password-burst"],
-        offload=hashing.submit,
         address_password_rate=config["address-password-rate"] / 60,
         address_password_burst=config["address-password-burst"],
+        max_rooms_per_address=config["max-rooms-per-address"],
+        max_members_per_address=config["max-members-per-address"],
+        offload=hashing.submit,
+        directory=directory,
+    )
+    tcrp = TCRPFactory(
+        desk,
+        desk.door("tcrp", config["max-connections"], config["max-per-address"]),
+        max_payload=config["max-payload"],
+        request_timeout=config["request-timeout"],
     )
     factory: Any = tcrp
     tls_options = None
@@ -321,29 +334,26 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
     if not config["no-tls"]:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
     endpoint = endpoints.serverFromString(reactor, config["tcp-endpoint"])
-    directory = None
-    if config["redis"] is not None:
-        directory = _directory(config, rooms, reactor)
-        tcrp.directory = directory
+    if directory is not None:
         banner.append(f"cluster mode: room directory in {config['redis-address'].shown}")
-    service = OcmService(
-        rooms, tcrp, endpoint, factory, config["udp"], config["interface"], reactor, banner,
-        hashing=hashing, directory=directory, notifier=Notifier.from_environ(environ),
-    )
+    web_listener = None
     if config["web"] is not None:
-        service.web = web.make_listener(
-            config, rooms, tcrp, reactor, None if config["web-no-tls"] else tls_options
+        web_listener = web.make_listener(
+            config, desk, reactor, None if config["web-no-tls"] else tls_options
         )
         banner.append(
             "web chat page: " + ("plain HTTP, for a reverse proxy" if config["web-no-tls"] else "HTTPS")
             + f" on {config['web-endpoint']}"
         )
+    metrics_endpoint = None
     if config["metrics"]:
-        from ocm.ops import metrics
-
-        service.metrics_endpoint = endpoints.serverFromString(reactor, config["metrics"])
-        service.metrics_factory = metrics.site(service)
-    return service
+        metrics_endpoint = endpoints.serverFromString(reactor, config["metrics"])
+    return OcmService(
+        rooms, desk, tcrp, StreamListener("tcrp", endpoint, factory), config["udp"], config["interface"],
+        reactor, banner=banner, hashing=hashing, directory=directory,
+        notifier=Notifier.from_environ(environ), web=web_listener, metrics_endpoint=metrics_endpoint,
+        tls=not config["no-tls"],
+    )
 
 
 def _directory(config: Options, rooms: RoomService, reactor: Any) -> Any:

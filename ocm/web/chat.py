@@ -2,9 +2,10 @@
 The WebSocket side of a browser member: a thin autobahn adapter between one
 WebSocket and the room service, speaking the JSON binding (L{binding}).
 
-Room requests (list, create, join) go through L{ocm.server.tcrp_server.answer},
-the same code TCRP runs, under the same per-address request rate and
-password limit. A member's events come from the room service through
+Room requests (list, create, join) go through the front desk
+(L{ocm.server.desk.FrontDesk}), as TCRP's do, under the same per-address
+request rate and password limits; the caps on open sockets are this
+listener's own L{ocm.server.desk.Door}. A member's events come from the room service through
 C{deliver}; its lines go to C{RoomService.say}. Liveness is the WebSocket's
 own: the server pings every third of the room timeout, and every pong or
 frame touches the member; a socket that closes leaves the room.
@@ -12,6 +13,7 @@ frame touches the member; a socket that closes leaves the room.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections import Counter
 from typing import Any
@@ -23,13 +25,12 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from ocm.wire.datagram import Event, EventKind
-from ocm.server.limits import address_key
-from ocm.wire.names import name_key
-from ocm.server.rooms import RoomService, normalize_ip
-from ocm.wire.tcrp import Op, ProtocolError, Request, Status
-from ocm.server.tcrp_server import TCRPFactory, answer
+from ocm.server.desk import Door, FrontDesk
+from ocm.server.rooms import Member, normalize_ip
 from ocm.wire import binding
+from ocm.wire.datagram import Event, EventKind
+from ocm.wire.names import name_key
+from ocm.wire.tcrp import Op, ProtocolError, Request, Status
 
 # Close codes the page tells apart (a server may send only 1000 and
 # 3000-4999; 4000-4999 are the application's).
@@ -76,43 +77,50 @@ def same_origin(origin: str, host_header: str, allowed: frozenset[str]) -> bool:
     return False
 
 
+class SocketState(enum.Enum):
+    """A browser socket's life (the WebSocket's own states are autobahn's)."""
+
+    CONNECTING = "connecting"  # the opening handshake
+    LOBBY = "lobby"  # open, in no room: list, create or join
+    ASKING = "asking"  # a room request is with the desk
+    MEMBER = "member"  # in a room
+    ENDED = "ended"  # closing or closed: nothing more is sent
+
+
 class WebChatFactory(WebSocketServerFactory):
     """
-    What every browser socket shares: the room service, the TCRP factory
-    (its request rate, password limit and hash offload), the Origin rule,
-    and the caps on open sockets, in all and per address.
+    What every browser socket shares: the front desk, this listener's door
+    (the caps on open sockets), the Origin rule, and the counters.
     """
 
     _log = Logger()
 
     def __init__(
         self,
-        service: RoomService,
-        tcrp: TCRPFactory,
+        desk: FrontDesk,
+        door: Door,
         *,
         origins: frozenset[str] = frozenset(),
         behind_proxy: bool = False,
-        max_sockets: int = 1000,
-        max_per_address: int = 50,
         max_payload: int = 65536,
+        request_timeout: float = 10.0,
     ) -> None:
         super().__init__()
         self.protocol = ChatSocket
-        self.service = service
-        self.tcrp = tcrp
+        self.desk = desk
+        self.service = desk.service
+        self.clock = desk.clock
+        self.door = door
         self.origins = origins
         self.behind_proxy = behind_proxy
-        self.max_sockets = max_sockets
-        self.max_per_address = max_per_address
-        self.active = 0
-        self.per_address: Counter[str] = Counter()
         self.refusals: Counter[Any] = Counter()
+        service = self.service
         self.setProtocolOptions(
             maxFramePayloadSize=max_payload,
             maxMessagePayloadSize=max_payload,
             # A page that never finishes its handshake is dropped, like a
             # TCRP request that never finishes.
-            openHandshakeTimeout=tcrp.request_timeout,
+            openHandshakeTimeout=request_timeout,
             closeHandshakeTimeout=5,
             # A frame over the limit gets close code 1009, not a bare drop.
             failByDrop=False,
@@ -150,22 +158,20 @@ class WebChatFactory(WebSocketServerFactory):
                 return normalize_ip(last)
         return ip
 
-    def admit(self, ip: str) -> None:
-        """Count a socket in, or refuse it over a cap."""
-        if self.active >= self.max_sockets:
-            self.refusals[503] += 1
-            raise ConnectionDeny(503, "the server has all the chat connections it can take; try again soon")
-        if self.per_address[ip] >= self.max_per_address:
-            self.refusals[429] += 1
-            raise ConnectionDeny(429, "too many open chat connections from your address")
-        self.active += 1
-        self.per_address[ip] += 1
+    @property
+    def active(self) -> int:
+        return self.door.active
 
-    def release(self, ip: str) -> None:
-        self.active -= 1
-        self.per_address[ip] -= 1
-        if not self.per_address[ip]:
-            del self.per_address[ip]
+    def admit(self, ip: str) -> None:
+        """Count a socket in, or refuse it over a cap (or a ban)."""
+        refusal = self.door.admit(ip)
+        if refusal is not None:
+            self.refusals[refusal.status] += 1
+            message = {
+                Status.UNAVAILABLE: "the server has all the chat connections it can take; try again soon",
+                Status.TOO_MANY: "too many open chat connections from your address",
+            }.get(refusal.status, refusal.message)
+            raise ConnectionDeny(int(refusal.status), message)
 
 
 class ChatSocket(WebSocketServerProtocol):
@@ -176,11 +182,9 @@ class ChatSocket(WebSocketServerProtocol):
     _log = Logger()
 
     ip = ""
-    limit_key = ""
-    member: Any = None
+    member: Member | None = None
+    life = SocketState.CONNECTING
     _admitted = False
-    _asking = False
-    _ended = False
     _idle: IDelayedCall | None = None
 
     # -- the handshake ------------------------------------------------------
@@ -190,24 +194,25 @@ class ChatSocket(WebSocketServerProtocol):
         headers = request.headers
         peer = getattr(self.transport.getPeer(), "host", "")
         self.ip = f.client_ip(peer, headers.get("x-forwarded-for"))
-        self.limit_key = address_key(self.ip)  # an IPv6 /64 is one address
         origin = headers.get("origin", "")
         if not same_origin(origin, headers.get("host", ""), f.origins):
             f.refusals["origin"] += 1
             self._log.info("refused a WebSocket from {ip}: origin {origin!r} not allowed",
                           ip=self.ip, origin=origin[:200])
             raise ConnectionDeny(403, "this page's origin may not use the chat")
-        f.admit(self.limit_key)
+        f.admit(self.ip)
         self._admitted = True
         return None
 
     def onOpen(self) -> None:
+        if self.life is SocketState.CONNECTING:
+            self.life = SocketState.LOBBY
         self._rearm_idle()
 
     # -- frames in ----------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self._ended:
+        if self.life is SocketState.ENDED:
             return
         if self.member is not None:
             if not self._still_member():
@@ -250,7 +255,6 @@ class ChatSocket(WebSocketServerProtocol):
         The sweep removed this member (no pong or frame for the room
         timeout, then this late one): the others were told it timed out.
         """
-        self.member = None
         self._end(CLOSE_REMOVED, "you were silent too long and left the room")
 
     def _refuse_frame(self, error: ProtocolError) -> None:
@@ -265,34 +269,29 @@ class ChatSocket(WebSocketServerProtocol):
     # -- room requests --------------------------------------------------------
 
     def _room_request(self, frame: binding.RoomRequest) -> None:
-        if self._asking:
+        if self.life is SocketState.ASKING:
             self._refuse_frame(ProtocolError(Status.BAD_REQUEST, "one room request at a time"))
             return
         if self.member is not None and frame.op != Op.LIST_ROOMS:
             self._refuse_frame(ProtocolError(Status.BAD_REQUEST, "already in a room"))
             return
         self._rearm_idle()
-        self._asking = True
+        self.life = SocketState.ASKING
         d = defer.ensureDeferred(self._answer(frame))
         d.addErrback(self._failed)
 
     async def _answer(self, frame: binding.RoomRequest) -> None:
         f = self.factory
-        tcrp = f.tcrp
+        desk = f.desk
         try:
             try:
                 # Charged per request, from the same per-address budget TCRP uses.
-                now = tcrp.clock.seconds()
-                bucket = tcrp.requests.get(self.limit_key, now) if tcrp.requests.rate else None
-                if bucket is not None and not bucket.take(now):
-                    tcrp.limited["request_rate"] += 1
-                    raise ProtocolError(
-                        Status.TOO_MANY, "too many requests from your address; slow down",
-                        retry_after=bucket.wait(now),
-                    )
+                desk.charge_request(self.ip)
                 request = Request(frame.op, frame.room, frame.username, frame.password)
                 transport = None if frame.op == Op.LIST_ROOMS else self
-                answered = await answer(tcrp, request, self.ip, lambda: self._ended, transport)
+                answered = await desk.answer(
+                    request, self.ip, lambda: self.life is SocketState.ENDED, transport
+                )
             except ProtocolError as e:
                 f.refusals[e.status] += 1
                 self._log.info("refused {status} to {ip} (web): {why}",
@@ -302,13 +301,15 @@ class ChatSocket(WebSocketServerProtocol):
                 ))
                 return
         finally:
-            self._asking = False
+            if self.life is SocketState.ASKING:
+                self.life = SocketState.LOBBY if self.member is None else SocketState.MEMBER
             self._rearm_idle()
         if answered is None:
             return
-        member, body = answered
+        member, body = answered.member, answered.body
         if member is not None:
             self.member = member
+            self.life = SocketState.MEMBER
             self._cancel_idle()
         room = body.get("room", frame.room)
         self._send(binding.encode_response(frame.op, room, Status.OK, _OK_MESSAGES[frame.op]))
@@ -332,7 +333,6 @@ class ChatSocket(WebSocketServerProtocol):
             if text is not None:
                 self._send(text)
             if parsed.kind == EventKind.CLOSED:
-                self.member = None
                 # A close reason is at most 123 bytes.
                 reason = parsed.text.encode()[:120].decode("utf-8", "ignore")
                 self._end(CLOSE_ROOM_CLOSED, reason or "the room closed")
@@ -340,16 +340,16 @@ class ChatSocket(WebSocketServerProtocol):
             self._log.failure("could not deliver an event to {ip} (web)", ip=self.ip)
 
     def _send(self, text: str) -> None:
-        if not self._ended and self.state == self.STATE_OPEN:
+        if self.life is not SocketState.ENDED and self.state == self.STATE_OPEN:
             self.sendMessage(text.encode("utf-8"), isBinary=False)
 
     # -- the end --------------------------------------------------------------
 
     def _end(self, code: int, reason: str) -> None:
         """Close with C{code}; nothing more is sent (a leaving host's own CLOSED included)."""
-        if self._ended:
+        if self.life is SocketState.ENDED:
             return
-        self._ended = True
+        self.life = SocketState.ENDED
         self._cancel_idle()
         self.sendClose(code, reason)
 
@@ -359,7 +359,7 @@ class ChatSocket(WebSocketServerProtocol):
             self.factory.service.leave(member)  # a no-op if already removed
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._ended = True
+        self.life = SocketState.ENDED
         self._cancel_idle()
         # autobahn keeps this timer past a close the peer never answered.
         if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
@@ -370,7 +370,7 @@ class ChatSocket(WebSocketServerProtocol):
         self._leave_quietly()
         if self._admitted:
             self._admitted = False
-            self.factory.release(self.limit_key)
+            self.factory.door.release(self.ip)
 
     def _failed(self, failure: Any) -> None:
         self._log.failure("internal error answering {ip} (web)", failure, ip=self.ip)
@@ -381,13 +381,13 @@ class ChatSocket(WebSocketServerProtocol):
 
     def _rearm_idle(self) -> None:
         self._cancel_idle()
-        if self.member is None and not self._ended:
-            clock = self.factory.tcrp.clock
+        if self.member is None and self.life is not SocketState.ENDED:
+            clock = self.factory.clock
             self._idle = clock.callLater(self.factory.service.timeout, self._idle_out)
 
     def _idle_out(self) -> None:
         self._idle = None
-        if self.member is None and not self._asking:
+        if self.member is None and self.life is not SocketState.ASKING:
             self._end(CLOSE_IDLE, "no request for a while")
 
     def _cancel_idle(self) -> None:

@@ -14,8 +14,13 @@ from twisted.internet import endpoints
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from ocm.server.rooms import RoomService
-from ocm.server.tcrp_server import TCRPFactory
+from typing import TYPE_CHECKING
+
+from ocm.server.desk import FrontDesk
+from ocm.server.listeners import StreamListener
+
+if TYPE_CHECKING:
+    from ocm.web.chat import WebChatFactory
 
 
 def check_plain_is_local(endpoint: str) -> None:
@@ -76,28 +81,26 @@ def need_autobahn() -> None:
 
 def make_listener(
     config: Any,
-    rooms: RoomService,
-    tcrp: TCRPFactory,
+    desk: FrontDesk,
     reactor: Any,
     tls_options: Any | None,
-) -> tuple[Any, Any, Any]:
-    """(endpoint, factory, the chat factory) for C{--web}; TLS unless C{tls_options} is None."""
+) -> tuple[StreamListener, WebChatFactory]:
+    """C{--web}'s listener and its chat factory; TLS unless C{tls_options} is None."""
     from ocm.web.chat import WebChatFactory
     from ocm.web.site import make_site
 
     chat = WebChatFactory(
-        rooms,
-        tcrp,
+        desk,
+        desk.door("web", config["web-max-connections"], config["web-max-per-address"]),
         origins=config["web-origin-set"],
         behind_proxy=config["web-no-tls"],
-        max_sockets=config["web-max-connections"],
-        max_per_address=config["web-max-per-address"],
         max_payload=config["max-payload"],
+        request_timeout=config["request-timeout"],
     )
     # An HTTP connection with no request in flight closes after the room
     # timeout; an upgraded WebSocket is no longer the Site's.
-    factory: Any = make_site(chat, idle_timeout=max(config["request-timeout"], rooms.timeout))
+    factory: Any = make_site(chat, idle_timeout=max(config["request-timeout"], desk.service.timeout))
     if tls_options is not None:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
     endpoint = endpoints.serverFromString(reactor, config["web-endpoint"])
-    return endpoint, factory, chat
+    return StreamListener("web", endpoint, factory), chat

@@ -12,7 +12,6 @@ import ipaddress
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
@@ -22,6 +21,7 @@ from twisted.python import usage
 from ocm.irc import names
 from ocm.irc.server import CAPABILITIES, IRCConnection, Settings
 from ocm.server.history import MAX_PER_REQUEST
+from ocm.server.listeners import StreamListener
 
 if TYPE_CHECKING:
     from ocm.server.desk import Door, FrontDesk
@@ -166,16 +166,17 @@ def check_options(config: Any) -> None:
     config["irc-endpoint"] = value
 
 
-def make_service(
+def make_listener(
     config: Any,
     desk: FrontDesk,
     reactor: Any,
     tls_options: Any | None,
     fingerprint: str | None = None,
-) -> tuple[StreamServerEndpointService, IRCFactory]:
+) -> tuple[StreamListener, IRCFactory]:
     """
-    The --irc listener as a child service, and its factory (for counts):
-    TLS with C{tls_options} unless C{--irc-no-tls}.
+    C{--irc}'s listener (a child of the daemon's service) and its factory
+    (for counts): TLS with C{tls_options} unless C{--irc-no-tls}, the
+    certificate's C{fingerprint} in the MOTD.
     """
     settings = Settings(playback=config["irc-playback"], fingerprint=fingerprint)
     factory = IRCFactory(
@@ -189,10 +190,7 @@ def make_service(
             raise usage.UsageError("--irc: TLS needs the daemon's certificate (or --irc-no-tls)")
         wrapped = TLSMemoryBIOFactory(tls_options, False, factory)
     endpoint = endpoints.serverFromString(reactor, config["irc-endpoint"])
-    service = StreamServerEndpointService(endpoint, wrapped)
-    service._raiseSynchronously = True  # a failed bind stops twistd at once, as the other listeners do
-    service.setName("irc")
-    return service, factory
+    return StreamListener("irc", endpoint, wrapped), factory
 
 
-__all__ = ["CAPABILITIES", "FLAGS", "IRCFactory", "OPTIONS", "Settings", "check_options", "make_service"]
+__all__ = ["CAPABILITIES", "FLAGS", "IRCFactory", "OPTIONS", "Settings", "check_options", "make_listener"]

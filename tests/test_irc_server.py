@@ -415,6 +415,23 @@ class EventTests(IRCTestCase):
         self.assertEqual(said[0].tags, {})
 
 
+    def test_moderation_events_as_kick_and_mode(self):
+        """The 1.2 events moderation brings: KICKED as KICK by the host, HOST as MODE +o."""
+        from ocm.wire.datagram import Event
+
+        c = self.joined()
+        bob, rec = self.ocm_member("study group", "bob")
+        c.read()
+        seat = c.proto.seats[name_key("study group")]
+        seat.deliver(Event(EventKind.HOST, 3, 0, "bob", ""))
+        seat.deliver(Event(EventKind.KICKED, 4, 0, "ada", "enough"))
+        got = c.read()
+        self.assertEqual([(m.command, m.params) for m in got], [
+            ("MODE", ["#study_group", "+o", "bob"]), ("KICK", ["#study_group", "ada", "enough"]),
+        ])
+        self.assertEqual(c.proto.seats, {})
+
+
 class LivenessTests(IRCTestCase):
     def test_modern_ping_answered_keeps_member_unanswered_times_out(self):
         c = self.joined()

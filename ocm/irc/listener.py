@@ -33,6 +33,7 @@ class IRCFactory(Factory):
     """What every IRC connection of one listener shares."""
 
     protocol = IRCConnection
+    noisy = False  # no "Starting factory" line per listener start
 
     def __init__(
         self,

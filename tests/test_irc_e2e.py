@@ -3,7 +3,8 @@ End to end over real sockets and TLS: the daemon as a process, a real
 irssi (at a pseudo-terminal, pinned to the daemon's fingerprint) and real
 C{ocm-client} processes in one room, both ways; and, in process, Twisted's
 own IRC client (twisted.words' IRCClient, an implementation independent of
-the server's) beside a UDP member speaking the wire protocol.
+the server's) beside a UDP member speaking the wire protocol and a browser's
+WebSocket.
 """
 
 from __future__ import annotations
@@ -245,12 +246,21 @@ class TwistedClientTests(DaemonMixin, unittest.TestCase):
         await client.signed_on
         return client
 
-    async def test_twisted_irc_client_and_udp_member_both_ways(self):
-        self.start_daemon()
+    async def test_irc_udp_and_browser_members_in_one_room(self):
+        """Twisted's IRCClient, a wire-level UDP member and a browser's WebSocket, all ways round."""
+        from tests.websocket import open_browser
+
+        self.start_daemon("--web", "tcp:0:interface=127.0.0.1", "--web-no-tls")
         port = self.start_irc()
         host = await self.enter("lab notes", "prof", create=True)
         host.chat("an old message")
         self.assertEvent(await host.event(), wire.MESSAGE, "prof", "an old message", seq=1)
+        browser = await open_browser(self.svc.web_port.getHost().port)
+        self.addCleanup(lambda: browser.transport and browser.transport.abortConnection())
+        response, _ = await browser.ask({"op": "join", "room": "lab notes", "username": "Web User"})
+        self.assertEqual(response["status"], 200, response)
+        self.assertEqual((await host.event()).name, "Web User")
+
         client = await self.connect(port)
         client.join("#lab_notes")
         await client.joined_d
@@ -260,11 +270,20 @@ class TwistedClientTests(DaemonMixin, unittest.TestCase):
         self.assertRegex(client.heard[0][2], r"^\[\d\d:\d\d:\d\d\] an old message$")
         joined = await host.event()
         self.assertEqual((joined.kind, joined.name), (wire.JOINED, "tw"))
+        frame = await browser.next_event()
+        self.assertEqual((frame["kind"], frame["name"]), ("joined", "tw"))
+
         client.say("#lab_notes", "hello over irc")
         said = await host.event()
         self.assertEqual((said.kind, said.name, said.text), (wire.MESSAGE, "tw", "hello over irc"))
+        frame = await browser.next_event()
+        self.assertEqual((frame["kind"], frame["name"], frame["text"]), ("message", "tw", "hello over irc"))
+
         host.chat("hello over udp")
         await client.until(lambda: ("prof", "#lab_notes", "hello over udp") in client.heard)
+        browser.send({"op": "send", "id": 1, "text": "hello from a browser"})
+        await client.until(lambda: ("Web%20User", "#lab_notes", "hello from a browser") in client.heard)
+
         host.leave()
         await client.until(lambda: client.kicks)
         self.assertEqual(client.kicks[0][0], "#lab_notes")

@@ -91,4 +91,4 @@ class ListenerTests(unittest.TestCase):
         self.assertEqual(tokens["CASEMAPPING"], "ascii")
         self.assertEqual(tokens["PREFIX"], "(o)@")
         self.assertEqual(tokens["CHANTYPES"], "#")
-        self.assertLessEqual(len(factory.isupport()), 13)
+        self.assertEqual(tokens["CHATHISTORY"], "100")

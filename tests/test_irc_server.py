@@ -124,7 +124,7 @@ class RegistrationTests(IRCTestCase):
         got = c.read()
         self.assertEqual([m.command for m in got], ["CAP"])
         self.assertEqual(got[0].params[:2], ["*", "LS"])
-        self.assertEqual(set(got[0].params[2].split()), {"server-time", "message-tags", "echo-message", "batch"})
+        self.assertEqual(set(got[0].params[2].split()), {"server-time", "message-tags", "echo-message", "batch", "draft/chathistory"})
         c.send("CAP REQ :server-time nonsense")
         self.assertEqual(c.read()[0].params[1:], ["NAK", "server-time nonsense"])
         c.send("CAP REQ :server-time echo-message")
@@ -430,6 +430,85 @@ class EventTests(IRCTestCase):
             ("MODE", ["#study_group", "+o", "bob"]), ("KICK", ["#study_group", "ada", "enough"]),
         ])
         self.assertEqual(c.proto.seats, {})
+
+
+class ChatHistoryTests(IRCTestCase):
+    """IRCv3 draft/chathistory and msgid over the room's history."""
+
+    caps = ("batch", "server-time", "message-tags", "draft/chathistory")
+
+    def room_with(self, count):
+        self.service.create_room("lab", "prof", "198.51.100.7", None, transport=Recorder())
+        prof = self.service.rooms["lab"].host
+        for i in range(1, count + 1):
+            self.service.say(prof, f"m{i}", i)
+            self.clock.advance(1)
+            prof.bucket.tokens = prof.bucket.burst  # a patient speaker
+        return prof
+
+    def history(self, c, *params):
+        c.send("CHATHISTORY " + " ".join(params))
+        got = c.read()
+        self.assertEqual(got[0].command, "BATCH", got)
+        self.assertEqual(got[0].params[1:], ["chathistory", "#lab"])
+        self.assertEqual(got[-1].params, ["-" + got[0].params[0][1:]])
+        return got[1:-1]
+
+    def test_ircv3_chathistory_no_playback_and_latest(self):
+        self.room_with(30)
+        c = self.joined(chan="#lab", caps=self.caps)
+        self.assertNotIn("PRIVMSG", [m.command for m in c.read()])  # the client asks itself
+        latest = self.history(c, "LATEST", "#lab", "*", "5")
+        self.assertEqual([m.params[-1] for m in latest], ["m26", "m27", "m28", "m29", "m30"])
+        self.assertTrue(all(m.tags["batch"] and m.tags["msgid"] and m.tags["time"] for m in latest))
+
+    def test_ircv3_chathistory_before_after_around_between(self):
+        self.room_with(30)
+        c = self.joined(chan="#lab", caps=self.caps)
+        c.read()
+        ids = {m.params[-1]: m.tags["msgid"] for m in self.history(c, "LATEST", "#lab", "*", "100")}
+        self.assertEqual(len(ids), 30)
+        texts = lambda got: [m.params[-1] for m in got]
+        self.assertEqual(texts(self.history(c, "BEFORE", "#lab", f"msgid={ids['m10']}", "3")), ["m7", "m8", "m9"])
+        self.assertEqual(texts(self.history(c, "AFTER", "#lab", f"msgid={ids['m10']}", "2")), ["m11", "m12"])
+        self.assertEqual(texts(self.history(c, "AROUND", "#lab", f"msgid={ids['m10']}", "4")), ["m8", "m9", "m10", "m11"])
+        self.assertEqual(texts(self.history(c, "BETWEEN", "#lab", f"msgid={ids['m20']}", f"msgid={ids['m25']}", "10")),
+                         ["m21", "m22", "m23", "m24"])
+        self.assertEqual(texts(self.history(c, "BETWEEN", "#lab", f"msgid={ids['m25']}", f"msgid={ids['m20']}", "2")),
+                         ["m23", "m24"])
+        # By time: m1 was said at the first second, each one a second later.
+        first = self.history(c, "LATEST", "#lab", "*", "30")[0].tags["time"]
+        self.assertEqual(texts(self.history(c, "AFTER", "#lab", f"timestamp={first}", "2")), ["m2", "m3"])
+        self.assertEqual(texts(self.history(c, "LATEST", "#lab", f"msgid={ids['m28']}", "10")), ["m29", "m30"])
+
+    def test_msgids_belong_to_one_room_incarnation(self):
+        """A room closed and made again restarts its seqs: its old msgids match nothing."""
+        prof = self.room_with(3)
+        c = self.joined(chan="#lab", caps=self.caps)
+        c.read()
+        old = self.history(c, "LATEST", "#lab", "*", "1")[0].tags["msgid"]
+        self.service.leave(prof)
+        c.read()
+        c.send("JOIN #lab")
+        c.read()
+        self.service.say(self.service.rooms["lab"].host, "new", 1)
+        c.read()
+        self.assertEqual(self.history(c, "BEFORE", "#lab", f"msgid={old}", "10"), [])
+        self.assertNotEqual(self.history(c, "LATEST", "#lab", "*", "1")[0].tags["msgid"], old)
+
+    def test_ircv3_chathistory_refusals_are_fail(self):
+        self.room_with(2)
+        c = self.joined(chan="#lab", caps=self.caps)
+        c.read()
+        for line in ("CHATHISTORY", "CHATHISTORY LATEST #lab", "CHATHISTORY LATEST #elsewhere * 5",
+                     "CHATHISTORY BEFORE #lab * 5", "CHATHISTORY BEFORE #lab msgid=x 5",
+                     "CHATHISTORY LATEST #lab * many", "CHATHISTORY FROB #lab * 5"):
+            c.send(line)
+            got = c.read()
+            self.assertEqual([m.command for m in got], ["FAIL"], line)
+            self.assertEqual(got[0].params[0], "CHATHISTORY")
+        c.send("CHATHISTORY TARGETS timestamp=2026-01-01T00:00:00.000Z timestamp=2027-01-01T00:00:00.000Z 10")
+        self.assertEqual(c.commands(), ["BATCH", "BATCH"])
 
 
 class LivenessTests(IRCTestCase):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import secrets
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -19,12 +20,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from ocm.irc import names
-from ocm.irc.server import CAPABILITIES, IRCConnection, Settings
+from ocm.irc.server import CAPABILITIES, CHATHISTORY_MAX, IRCConnection, Settings
 from ocm.server.history import MAX_PER_REQUEST
 from ocm.server.listeners import StreamListener
 
 if TYPE_CHECKING:
     from ocm.server.desk import Door, FrontDesk
+    from ocm.server.rooms import Room
 
 DEFAULT_PORT = 6697  # IRC over TLS (RFC 7194)
 
@@ -54,6 +56,23 @@ class IRCFactory(Factory):
         self.refusals: Counter[Any] = Counter()
         started = datetime.datetime.fromtimestamp(clock.seconds(), datetime.timezone.utc)
         self.created = started.strftime("%Y-%m-%d %H:%M:%S UTC")
+        # A random token per open room for msgids (token-seq): a room closed
+        # and made again starts its seqs anew, and must not reuse msgids.
+        self._room_tokens: dict[int, tuple[Room, str]] = {}
+        self.service.on_room_closed.append(self._room_closed)
+
+    def room_token(self, room: Room) -> str:
+        entry = self._room_tokens.get(id(room))
+        if entry is None or entry[0] is not room:
+            entry = self._room_tokens[id(room)] = (room, secrets.token_hex(4))
+        return entry[1]
+
+    def msgid(self, room: Room, seq: int) -> str:
+        """IRCv3 msgid of a room's message C{seq}."""
+        return f"{self.room_token(room)}-{seq}"
+
+    def _room_closed(self, room: Room) -> None:
+        self._room_tokens.pop(id(room), None)
 
     @property
     def ping_interval(self) -> float:
@@ -79,6 +98,8 @@ class IRCFactory(Factory):
             "UTF8ONLY",
             "SAFELIST",
             "TOPICLEN=0",
+            f"CHATHISTORY={CHATHISTORY_MAX}",
+            "MSGREFTYPES=msgid,timestamp",
         ]
 
     def motd(self) -> list[str]:

@@ -23,6 +23,7 @@ silent UDP member does.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import itertools
 from collections import OrderedDict, deque
@@ -37,6 +38,7 @@ from twisted.words.protocols import irc
 from zope.interface import implementer
 
 from ocm.irc import lines, names
+from ocm.server.history import MAX_PER_REQUEST
 from ocm.server.limits import TokenBucket
 from ocm.server.rooms import Member, normalize_ip
 from ocm.wire.datagram import Event, EventKind
@@ -52,8 +54,9 @@ ERR_INVALIDCAPCMD = "410"
 ERR_INPUTTOOLONG = "417"
 ERR_BADCHANNAME = "479"
 
-# What CAP LS offers (IRCv3). draft/chathistory is not among them.
-CAPABILITIES = ("batch", "echo-message", "message-tags", "server-time")
+# What CAP LS offers (IRCv3).
+CAPABILITIES = ("batch", "draft/chathistory", "echo-message", "message-tags", "server-time")
+CHATHISTORY_MAX = MAX_PER_REQUEST  # messages one CHATHISTORY answers with at most
 
 # Commands a client may send before it is registered (RFC 2812 §3.1).
 _BEFORE_WELCOME = frozenset({"CAP", "NICK", "USER", "PASS", "PING", "PONG", "QUIT"})
@@ -137,6 +140,7 @@ class IRCConnection(irc.IRC):
         self._answered = 0.0  # when the client last answered a PING
         self._lines: TokenBucket | None = None
         self._batch: tuple[Seat, str] | None = None
+        self._capture: tuple[Seat, list[Event]] | None = None
         self._batches = itertools.count(1)
 
     # -- the connection's life ---------------------------------------------
@@ -337,13 +341,20 @@ class IRCConnection(irc.IRC):
     def notice(self, text: str) -> None:
         self.send(lines.line("NOTICE", [self.nick or "*", text], self.hostname))
 
-    def _tags(self, time_ms: int | None = None, batch: str | None = None) -> dict[str, str]:
+    def _tags(
+        self, time_ms: int | None = None, batch: str | None = None, msgid: str | None = None,
+    ) -> dict[str, str]:
         tags: dict[str, str] = {}
         if batch is not None and "batch" in self.caps:
             tags["batch"] = batch
         if time_ms is not None and "server-time" in self.caps:
             tags["time"] = lines.server_time(time_ms)
+        if msgid is not None and "message-tags" in self.caps:
+            tags["msgid"] = msgid
         return tags
+
+    def _msgid(self, seat: Seat, seq: int) -> str | None:
+        return self.factory.msgid(seat.member.room, seq) if seq else None
 
     # -- registration ---------------------------------------------------------
 
@@ -620,8 +631,8 @@ class IRCConnection(irc.IRC):
     def _playback(self, seat: Seat, seq: int) -> None:
         """The room's recent messages, as one chathistory batch (IRCv3 batch) where the client takes it."""
         count = self.factory.settings.playback
-        if count <= 0 or seq <= 0:
-            return
+        if count <= 0 or seq <= 0 or "draft/chathistory" in self.caps:
+            return  # a chathistory client asks for what it lacks itself
         batch = str(next(self._batches))
         if "batch" in self.caps:
             self.send(lines.line("BATCH", [f"+{batch}", "chathistory", seat.channel], self.hostname))
@@ -815,6 +826,108 @@ class IRCConnection(irc.IRC):
             if not quiet:
                 self.numeric(irc.ERR_CANNOTSENDTOCHAN, seat.channel, "Cannot send to channel: too fast, message dropped")
 
+    # -- draft/chathistory ----------------------------------------------------
+
+    def irc_CHATHISTORY(self, prefix: str, params: list[str]) -> None:
+        """
+        IRCv3 draft/chathistory over the room's history: LATEST, BEFORE,
+        AFTER, AROUND, BETWEEN by msgid or timestamp; TARGETS lists none
+        (ocm has no private conversations, and a channel's is asked by name).
+        """
+        sub = params[0].upper() if params else ""
+        if sub == "TARGETS":
+            batch = str(next(self._batches))
+            self.send(lines.line("BATCH", [f"+{batch}", "draft/chathistory-targets"], self.hostname))
+            self.send(lines.line("BATCH", [f"-{batch}"], self.hostname))
+            return
+        wanted = {"LATEST": 4, "BEFORE": 4, "AFTER": 4, "AROUND": 4, "BETWEEN": 5}.get(sub)
+        if wanted is None or len(params) < wanted:
+            self._fail("INVALID_PARAMS", sub or "*", "CHATHISTORY LATEST|BEFORE|AFTER|AROUND|BETWEEN target reference(s) limit")
+            return
+        target = params[1]
+        seat = self._seat(target) if target.startswith("#") else None
+        if seat is None:
+            self._fail("INVALID_TARGET", sub, target[: names.CHANNELLEN] or "*", "You're not on that channel")
+            return
+        try:
+            limit = int(params[-1])
+        except ValueError:
+            limit = 0
+        refs = [_reference(r) for r in params[2:-1]]
+        if not 1 <= limit or any(r is None for r in refs) or (refs[0] == ("*", 0) and sub != "LATEST") or (
+            sub == "BETWEEN" and ("*", 0) in refs
+        ):
+            self._fail("INVALID_PARAMS", sub, "a reference is *, msgid=... or timestamp=..., and a limit a whole number")
+            return
+        limit = min(limit, CHATHISTORY_MAX)
+        room = seat.member.room
+        events = self._held(seat)
+        if events is None:
+            self._fail("MESSAGE_ERROR", sub, target, "too many requests: try again in a moment")
+            return
+
+        def before(e: Event, ref: tuple[str, int]) -> bool:
+            kind, value = ref
+            return (e.seq if kind == "msgid" else e.time_ms) < value
+
+        def after(e: Event, ref: tuple[str, int]) -> bool:
+            kind, value = ref
+            return (e.seq if kind == "msgid" else e.time_ms) > value
+
+        refs_ok = [self._resolve(room, r) for r in refs]
+        if any(r is None for r in refs_ok):
+            chosen: list[Event] = []  # a msgid of another room, or of one gone
+        elif sub == "LATEST":
+            ref = refs_ok[0]
+            chosen = (events if ref[0] == "*" else [e for e in events if after(e, ref)])[-limit:]
+        elif sub == "BEFORE":
+            chosen = [e for e in events if before(e, refs_ok[0])][-limit:]
+        elif sub == "AFTER":
+            chosen = [e for e in events if after(e, refs_ok[0])][:limit]
+        elif sub == "AROUND":
+            earlier = [e for e in events if before(e, refs_ok[0])]
+            later = [e for e in events if not before(e, refs_ok[0])]
+            half = limit // 2
+            chosen = earlier[-half:] if half else []
+            chosen = chosen + later[: limit - len(chosen)]
+        else:  # BETWEEN, either way round, exclusive of both ends
+            a, b = refs_ok
+            forwards = sum(before(e, a) for e in events) <= sum(before(e, b) for e in events)
+            low, high = (a, b) if forwards else (b, a)
+            inside = [e for e in events if after(e, low) and before(e, high)]
+            chosen = inside[:limit] if forwards else inside[-limit:]
+        batch = str(next(self._batches))
+        self.send(lines.line("BATCH", [f"+{batch}", "chathistory", seat.channel], self.hostname))
+        for e in chosen:
+            tags = self._tags(e.time_ms, batch, self._msgid(seat, e.seq))
+            for raw in lines.text_lines("PRIVMSG", seat.channel, e.text, _prefix(e.name), tags):
+                self.send(raw)
+        self.send(lines.line("BATCH", [f"-{batch}"], self.hostname))
+
+    def _held(self, seat: Seat) -> list[Event] | None:
+        """What the room holds (at most 100 messages, oldest first), through HISTORY and its price; None if refused."""
+        room = seat.member.room
+        if room.seq <= 0:
+            return []
+        self._capture = (seat, [])
+        try:
+            ok = self.factory.service.request_history(seat.member, max(1, room.seq - MAX_PER_REQUEST + 1), room.seq)
+            return self._capture[1] if ok else None
+        finally:
+            self._capture = None
+
+    def _resolve(self, room: Any, ref: tuple[str, Any]) -> tuple[str, int] | None:
+        """A parsed reference as (kind, seq or time_ms) in C{room}; None for another room's msgid."""
+        kind, value = ref
+        if kind == "msgid":
+            return ("msgid", value[1]) if self.factory.room_token(room) == value[0] else None
+        return ref
+
+    def _fail(self, code: str, command_or_sub: str, *context: str) -> None:
+        """IRCv3 standard replies: FAIL CHATHISTORY <code> <context...> :<description>."""
+        *ctx, description = (command_or_sub, *context)
+        self.send(lines.line("FAIL", ["CHATHISTORY", code, *ctx, description], self.hostname))
+
     # -- events out -----------------------------------------------------------
 
     def deliver(self, seat: Seat, event: Event) -> None:
@@ -833,20 +946,26 @@ class IRCConnection(irc.IRC):
         kind = event.kind
         chan = seat.channel
         if kind == EventKind.MESSAGE:
-            for raw in lines.text_lines("PRIVMSG", chan, event.text, _prefix(event.name), self._tags(event.time_ms)):
+            tags = self._tags(event.time_ms, msgid=self._msgid(seat, event.seq))
+            for raw in lines.text_lines("PRIVMSG", chan, event.text, _prefix(event.name), tags):
                 self.send(raw)
         elif kind == EventKind.HISTORY:
+            if self._capture is not None and self._capture[0] is seat:
+                self._capture[1].append(event)  # for CHATHISTORY, which picks and sends
+                return
             batch = self._batch[1] if self._batch is not None and self._batch[0] is seat else None
             text = event.text
             if "server-time" not in self.caps:
                 text = f"[{lines.server_time(event.time_ms)[11:19]}] {text}"
-            for raw in lines.text_lines("PRIVMSG", chan, text, _prefix(event.name), self._tags(event.time_ms, batch)):
+            tags = self._tags(event.time_ms, batch, self._msgid(seat, event.seq))
+            for raw in lines.text_lines("PRIVMSG", chan, text, _prefix(event.name), tags):
                 self.send(raw)
         elif kind == EventKind.ECHO:
             said = seat.echoes.pop(event.msg_id, None)
             if said is not None and "echo-message" in self.caps:
                 command, text = said
-                for raw in lines.text_lines(command, chan, text, self.me, self._tags(event.time_ms)):
+                tags = self._tags(event.time_ms, msgid=self._msgid(seat, event.seq))
+                for raw in lines.text_lines(command, chan, text, self.me, tags):
                     self.send(raw)
         elif kind == EventKind.JOINED:
             self.send(lines.line("JOIN", [chan], _prefix(event.name), self._tags(event.time_ms)))
@@ -882,6 +1001,27 @@ class IRCConnection(irc.IRC):
         self.log.failure("internal error on {command} from {ip} (irc)", failure, command=command, ip=self.ip)
         if self.state is not State.CLOSED:
             self.numeric(ERR_UNKNOWNERROR, command, "internal error")
+
+
+def _reference(text: str) -> tuple[str, Any] | None:
+    """A CHATHISTORY reference: ("*", 0), ("msgid", (room token, seq)), ("timestamp", ms); None if malformed."""
+    if text == "*":
+        return ("*", 0)
+    kind, _, value = text.partition("=")
+    if kind == "msgid":
+        token, _, seq = value.rpartition("-")
+        if token and seq.isdigit() and len(seq) < 20:
+            return ("msgid", (token, int(seq)))
+        return None
+    if kind == "timestamp":
+        try:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return ("timestamp", int(moment.timestamp() * 1000))
+    return None
 
 
 def _prefix(username: str) -> str:

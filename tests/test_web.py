@@ -363,3 +363,62 @@ class RefusalTests(WebTestCase):
         b.send({"op": "list"})  # a request still answers: the sends were dropped
         self.assertEqual((await b.next())["type"], "response")
         self.assertEqual(self.svc.rooms.drops["flood"], 2)
+
+
+class HardeningTests(WebTestCase):
+    """Issue 20's findings on the WebSocket, each reproduced against the daemon."""
+
+    async def test_a_browser_that_never_reads_is_removed_at_its_queue_bound(self):
+        self.start("--member-rate", "0", "--web-send-queue", "65536", "--timeout", "30")
+        host = await self.enter("Lobby", "host", create=True)
+        reader, _ = await self.member("join", "Lobby", "bea")
+        self.assertEvent(await host.event(), wire.JOINED, "bea")
+        reader.transport.pauseProducing()  # the tab stops reading
+        # Control characters escape to six bytes each in JSON: ~18 KB a line.
+        line = "\x01" * 3000
+        for burst in range(100):
+            for _ in range(50):
+                host.chat(line)
+            await wire.sleep(reactor, 0.02)
+            if self.svc.web_chat.refusals["slow_reader"]:
+                break
+        self.assertEqual(self.svc.web_chat.refusals["slow_reader"], 1)
+        kinds = []
+        while True:
+            event = await host.event()
+            if event.kind == wire.TIMED_OUT:
+                break
+            kinds.append(event.kind)
+        self.assertEqual((event.name, set(kinds) <= {wire.MESSAGE}), ("bea", True))
+        self.assertEqual(len(self.svc.rooms.rooms["lobby"].members), 1)
+        self.assertEqual(self.svc.web_chat.active, 0)
+
+    async def test_sending_does_not_stand_in_for_answering_pings(self):
+        # A browser that sends (within the rate) but answers no ping: its
+        # own frames no longer hold the ping timeout off.
+        self.start("--timeout", "1")
+        b, _ = await self.member("create", "Lobby", "bea", cls=Mute)
+        for i in range(1, 40):
+            if b.close_info is not None:
+                break
+            b.send({"op": "send", "id": i, "text": "still typing"})
+            await wire.sleep(reactor, 0.25)
+        self.assertIsNotNone(b.close_info, "a browser that never answers a ping kept its socket")
+        self.assertEqual(self.svc.rooms.rooms, {})
+
+    async def test_refused_frames_are_charged_to_the_request_rate(self):
+        self.start("--request-rate", "0.01", "--request-burst", "5")
+        b, _ = await self.member("create", "Lobby", "alice")  # one request
+        statuses = []
+        for i in range(10):
+            b.send({"op": "send", "id": 1, "text": "x" * 3073})
+        for _ in range(4):
+            statuses.append((await b.next())["status"])
+        self.assertEqual(statuses, [413] * 4)
+        self.assertEqual((await b.wait_closed())[0], 4429)
+
+    async def test_no_version_banner_on_the_upgrade(self):
+        self.start()
+        b = await self.browser()
+        self.assertIn("upgrade", b.http_headers)  # the 101's headers, as the browser got them
+        self.assertNotIn("server", b.http_headers)

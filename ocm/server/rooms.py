@@ -488,6 +488,11 @@ class RoomService:
         if member.room.members.get(name_key(member.name)) is member:
             self._remove(member, timed_out=False)
 
+    def drop(self, member: Member) -> None:
+        """Remove a member its transport gave up on (a slow reader): TIMED_OUT to the others."""
+        if member.room.members.get(name_key(member.name)) is member:
+            self._remove(member, timed_out=True)
+
     @staticmethod
     def _names_room(raw: bytes, room: Room) -> bool:
         """A name that differs from the room's bytes but is the same room."""

@@ -167,6 +167,9 @@ class Options(usage.Options):
         ["web-max-per-address", None, "50",
          "Most chat WebSockets open at once from one address; past it 429.",
          _number("web-max-per-address", int, 1)],
+        ["web-send-queue", None, "262144",
+         "Bytes a browser may leave unread (beyond the socket's own buffer) before it is "
+         "removed from its room as a slow reader.", _number("web-send-queue", int, 4096, 64 * 1024 * 1024)],
         ["redis", None, None,
          "Cluster mode: share the room directory with other nodes through this Redis "
          "(redis://host:port/db, rediss://... for TLS, unix:///path/to/socket). Needs ocm[cluster]."],

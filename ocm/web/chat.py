@@ -39,7 +39,12 @@ CLOSE_ROOM_CLOSED = 4000  # the room closed: reason is the room's CLOSED text
 CLOSE_REMOVED = 4001  # the member was silent for the room timeout
 CLOSE_IDLE = 4002  # not in a room, and no request for a while
 CLOSE_MALFORMED = 4400  # after an error frame with status 400
+CLOSE_TOO_MANY = 4429  # refused frames past the address's request rate
 CLOSE_INTERNAL = 4500  # a bug on the server's side
+
+# Bytes a browser may leave unread beyond the transport's own buffer before
+# it is removed as a slow reader (--web-send-queue).
+DEFAULT_SEND_QUEUE = 256 * 1024
 
 _OK_MESSAGES = {Op.LIST_ROOMS: "rooms listed", Op.CREATE_ROOM: "room created", Op.JOIN_ROOM: "joined"}
 
@@ -104,8 +109,11 @@ class WebChatFactory(WebSocketServerFactory):
         behind_proxy: bool = False,
         max_payload: int = 65536,
         request_timeout: float = 10.0,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> None:
-        super().__init__()
+        # No Server header: the version of what serves the page is nobody's business.
+        super().__init__(server=None)
+        self.send_queue = send_queue
         self.protocol = ChatSocket
         self.desk = desk
         self.service = desk.service
@@ -134,6 +142,9 @@ class WebChatFactory(WebSocketServerFactory):
             # apart than the timeout and the sweep took the member out.
             autoPingInterval=service.timeout / 3,
             autoPingTimeout=service.timeout + 2,
+            # Liveness is what the browser answers (its pongs), never what
+            # it sends: its own frames must not hold the ping timeout off.
+            autoPingRestartOnAnyTraffic=False,
             # Compression would let a small frame inflate to a large one.
             perMessageCompressionAccept=lambda offers: None,
         )
@@ -186,6 +197,9 @@ class ChatSocket(WebSocketServerProtocol):
     life = SocketState.CONNECTING
     _admitted = False
     _idle: IDelayedCall | None = None
+    # Bytes written since the transport said its buffer is full
+    # (pauseProducing); None while it is taking them.
+    _unread: int | None = None
 
     # -- the handshake ------------------------------------------------------
 
@@ -207,18 +221,34 @@ class ChatSocket(WebSocketServerProtocol):
     def onOpen(self) -> None:
         if self.life is SocketState.CONNECTING:
             self.life = SocketState.LOBBY
+        # The transport tells its producer when its buffer is full: after
+        # the upgrade that is this socket, no longer twisted.web's channel.
+        transport = self.transport
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(self, True)
         self._rearm_idle()
+
+    # -- the send queue (IPushProducer, for the transport) ----------------------
+
+    def pauseProducing(self) -> None:
+        if self._unread is None:
+            self._unread = 0
+
+    def resumeProducing(self) -> None:
+        self._unread = None
+
+    def stopProducing(self) -> None:
+        self._unread = None
 
     # -- frames in ----------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.life is SocketState.ENDED:
             return
-        if self.member is not None:
-            if not self._still_member():
-                self._removed()
-                return
-            self.factory.service.touch(self.member)
+        if self.member is not None and not self._still_member():
+            self._removed()
+            return
         try:
             if isBinary:
                 raise ProtocolError(Status.BAD_REQUEST, "frames are JSON text, not binary")
@@ -258,8 +288,19 @@ class ChatSocket(WebSocketServerProtocol):
         self._end(CLOSE_REMOVED, "you were silent too long and left the room")
 
     def _refuse_frame(self, error: ProtocolError) -> None:
-        """A bad frame: say why; malformed input also ends the connection."""
-        self.factory.refusals[error.status] += 1
+        """
+        A bad frame: say why; malformed input also ends the connection. Every
+        refusal costs a request from the address's budget, so refused frames
+        (a 413 over and over) cannot be sent faster than requests.
+        """
+        f = self.factory
+        f.refusals[error.status] += 1
+        if f.desk.rate_refusal(self.ip) is not None:
+            f.desk.limited["request_rate"] += 1
+            self._log.info("closing the WebSocket of {ip}: refused frames past the request rate", ip=self.ip)
+            self._end(CLOSE_TOO_MANY, "too many refused frames; slow down")
+            self._leave_quietly()
+            return
         self._send(binding.encode_error(error))
         if error.status == Status.BAD_REQUEST:
             self._log.info("closing the WebSocket of {ip}: {why}", ip=self.ip, why=error.message)
@@ -340,8 +381,32 @@ class ChatSocket(WebSocketServerProtocol):
             self._log.failure("could not deliver an event to {ip} (web)", ip=self.ip)
 
     def _send(self, text: str) -> None:
-        if self.life is not SocketState.ENDED and self.state == self.STATE_OPEN:
-            self.sendMessage(text.encode("utf-8"), isBinary=False)
+        if self.life is SocketState.ENDED or self.state != self.STATE_OPEN:
+            return
+        data = text.encode("utf-8")
+        if self._unread is not None:
+            self._unread += len(data)
+            if self._unread > self.factory.send_queue:
+                self._slow_reader()
+                return
+        self.sendMessage(data, isBinary=False)
+
+    def _slow_reader(self) -> None:
+        """
+        The browser leaves more unread than its queue's bound: it is
+        removed (TIMED_OUT to the others, as for a silent member) and the
+        connection dropped, since a close frame could not get through.
+        Called inside the room's fan-out, so the removal waits a turn.
+        """
+        self.life = SocketState.ENDED
+        self._cancel_idle()
+        f = self.factory
+        f.refusals["slow_reader"] += 1
+        self._log.info("dropping the WebSocket of {ip}: it reads too slowly", ip=self.ip)
+        member, self.member = self.member, None
+        if member is not None:
+            f.clock.callLater(0, f.service.drop, member)
+        self.transport.abortConnection()
 
     # -- the end --------------------------------------------------------------
 

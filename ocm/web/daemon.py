@@ -96,6 +96,7 @@ def make_listener(
         behind_proxy=config["web-no-tls"],
         max_payload=config["max-payload"],
         request_timeout=config["request-timeout"],
+        send_queue=config["web-send-queue"],
     )
     # An HTTP connection with no request in flight closes after the room
     # timeout; an upgraded WebSocket is no longer the Site's.

@@ -15,7 +15,7 @@ from tests.irc_desk import make_desk
 
 def config(**kw):
     c = {"irc": None, "irc-no-tls": False, "irc-max-connections": 7, "irc-max-per-address": 3,
-         "irc-playback": 20, "interface": ""}
+         "irc-playback": 20, "irc-send-queue": 8192, "interface": ""}
     c.update(kw)
     return c
 
@@ -67,7 +67,7 @@ class ListenerTests(unittest.TestCase):
         self.assertEqual(service.name, "irc")
         self.assertIs(self.desk.doors["irc"], factory.door)
         self.assertEqual((factory.door.caps.max_total, factory.door.caps.max_per_address), (7, 3))
-        self.assertEqual(factory.settings.playback, 20)
+        self.assertEqual((factory.settings.playback, factory.settings.max_queue), (20, 8192))
         self.assertIn("TLS certificate fingerprint: SHA256:AB", factory.motd())
 
     def test_tls_needs_the_certificate(self):

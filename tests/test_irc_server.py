@@ -563,8 +563,9 @@ class LimitTests(IRCTestCase):
         self.assertIn(b"ERROR :Closing link", eve.transport.value())
         self.assertNotIn("eve", self.service.rooms[name_key("study group")].members)
         self.assertEqual(self.factory.refusals["slow_reader"], 1)
-        # The others heard every message, and eve leaving.
-        self.assertEqual([(e.kind, e.name) for e in rec.events][-1], (EventKind.LEFT, "eve"))
+        # The others heard every message, and eve go as a silent member goes.
+        self.assertEqual([(e.kind, e.name) for e in rec.events][-1], (EventKind.TIMED_OUT, "eve"))
+        self.assertTrue(eve.transport.disconnecting)
         self.assertEqual([m.command for m in c.read()].count("PRIVMSG"), 19)
 
     def test_queue_drains_on_resume(self):

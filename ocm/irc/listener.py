@@ -144,6 +144,9 @@ OPTIONS = [
      _whole("irc-max-connections", 1, 1_000_000)],
     ["irc-max-per-address", None, "50",
      "Most IRC connections open at once from one address.", _whole("irc-max-per-address", 1, 1_000_000)],
+    ["irc-send-queue", None, "262144",
+     "Bytes an IRC client may leave unread (beyond the socket's own buffer) before it is "
+     "removed from its rooms as a slow reader.", _whole("irc-send-queue", 4096, 64 * 1024 * 1024)],
     ["irc-playback", None, "50",
      "Recent messages an IRC client gets on JOIN (0: none).", _whole("irc-playback", 0, MAX_PER_REQUEST)],
 ]
@@ -200,7 +203,10 @@ def make_listener(
     (for counts): TLS with C{tls_options} unless C{--irc-no-tls}, the
     certificate's C{fingerprint} in the MOTD.
     """
-    settings = Settings(playback=config["irc-playback"], fingerprint=fingerprint)
+    settings = Settings(
+        playback=config["irc-playback"], fingerprint=fingerprint,
+        max_queue=config.get("irc-send-queue", Settings.max_queue),
+    )
     factory = IRCFactory(
         desk, reactor, settings,
         max_connections=config["irc-max-connections"],

@@ -183,25 +183,35 @@ class IRCConnection(irc.IRC):
             self._pinger.stop()
         self._pinger = None
 
-    def close(self, reason: str) -> None:
-        """Leave every room, say ERROR, and close once it is written (or soon regardless)."""
+    def close(self, reason: str, *, gave_up: bool = False) -> None:
+        """
+        Leave every room, say ERROR, and close once it is written (or soon
+        regardless). C{gave_up}: the server gave up on a client that does
+        not read; its members are dropped (TIMED_OUT to the others, as for a
+        silent member) and the connection aborted, as nothing more gets through.
+        """
         if self.state is State.CLOSED:
             return
-        self._leave_all()
+        self._leave_all(gave_up)
         self.state = State.CLOSED
         self._cancel_timers()
         self.transport.write(lines.line("ERROR", [f"Closing link: {self.ip} ({reason})"]))
+        if gave_up:
+            self.transport.abortConnection()
+            return
         self.transport.loseConnection()
         self._abort = self.factory.clock.callLater(self.factory.settings.close_grace, self.transport.abortConnection)
 
-    def _leave_all(self) -> None:
+    def _leave_all(self, gave_up: bool = False) -> None:
         seats = list(self.seats.values())
         self.seats.clear()
+        service = self.factory.service
+        remove = service.drop if gave_up else service.leave
         for seat in seats:
             seat.active = False
             if seat.member is not None:
                 try:
-                    self.factory.service.leave(seat.member)
+                    remove(seat.member)
                 except Exception:
                     self.log.failure("leaving {room!r} for {ip} (irc)", room=seat.member.room.name, ip=self.ip)
 
@@ -256,7 +266,7 @@ class IRCConnection(irc.IRC):
 
         def later() -> None:
             self._closing = False
-            self.close("send queue full: you read too slowly")
+            self.close("send queue full: you read too slowly", gave_up=True)
 
         self.factory.clock.callLater(0, later)
 

@@ -584,6 +584,11 @@ class LimitTests(IRCTestCase):
         c.read()
         c.send("PRIVMSG #study_group :" + "x" * 600)
         self.assertEqual(c.commands(), ["417"])
+        # Tags have a budget of their own, which does not lend to the rest.
+        c.send("@+draft/x=" + "y" * 3000 + " PRIVMSG #study_group :" + "x" * 600)
+        self.assertEqual(c.commands(), ["417"])
+        c.send("@+draft/x=" + "y" * 3000 + " PING :tagged")
+        self.assertEqual(c.commands(), ["PONG"])
         c.proto.dataReceived(b"x" * 10000)
         c.proto.dataReceived(b"y" * 10000 + b"\r\nPING :ok\r\n")
         self.assertEqual(c.commands(), ["417", "PONG"])

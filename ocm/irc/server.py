@@ -91,7 +91,7 @@ class Settings:
 class Seat:
     """One membership of a connection: the transport the room service delivers to."""
 
-    __slots__ = ("connection", "member", "channel", "active", "msg_ids", "echoes", "lost")
+    __slots__ = ("connection", "member", "channel", "active", "msg_ids", "echoes")
 
     def __init__(self, connection: IRCConnection) -> None:
         self.connection = connection
@@ -101,7 +101,6 @@ class Seat:
         self.msg_ids = itertools.count(1)
         # msg_id -> (command, text) of what the client said, for echo-message.
         self.echoes: OrderedDict[int, tuple[str, str]] = OrderedDict()
-        self.lost = False
 
     def deliver(self, event: Event) -> None:
         self.connection.deliver(self, event)
@@ -308,7 +307,9 @@ class IRCConnection(irc.IRC):
             self.factory.refusals["flood"] += 1
             self.close("Excess Flood")
             return
-        if len(raw) > lines.MAX_INPUT - 2:
+        # Modern IRC: tags within their 4096 bytes, the rest within 512 (CRLF included).
+        tags, _, body = raw.partition(b" ") if raw.startswith(b"@") else (b"", b"", raw)
+        if len(tags) + 1 > lines.MAX_CLIENT_TAGS or len(body) > lines.MAX_LINE - 2:
             self._too_long()
             return
         try:
@@ -319,9 +320,6 @@ class IRCConnection(irc.IRC):
         try:
             message = lines.parse(text)
         except lines.BadLine:
-            return
-        if not message.tags and len(raw) > lines.MAX_LINE - 2:
-            self._too_long()
             return
         self.handleCommand(message.command, message.prefix, message.params)
 

@@ -35,17 +35,16 @@ from tests.processes import LIMIT, ProcessTestCase
 TAP_HAS_IRC = any(o[0] == "irc" for o in Options.optParameters)
 
 
-class IrssiTests(ProcessTestCase):
-    """irssi, at a pseudo-terminal as a person runs it, pinned to the daemon's certificate."""
-
+class IRCProcessTestCase(ProcessTestCase):
     timeout = 120
+    program = ""
 
     def setUp(self) -> None:
         super().setUp()
-        if shutil.which("irssi") is None:
+        if shutil.which(self.program) is None:
             if os.environ.get("CI"):
-                self.fail("irssi is not installed (.ci/run installs Debian's)")
-            raise unittest.SkipTest("irssi is not installed")
+                self.fail(f"{self.program} is not installed (.ci/run installs Debian's)")
+            raise unittest.SkipTest(f"{self.program} is not installed")
         # tests.irc_daemon lives beside this file, wherever ocm is installed.
         here = str(Path(__file__).resolve().parent.parent)
         self.env["PYTHONPATH"] = here + os.pathsep + self.env["PYTHONPATH"]
@@ -69,6 +68,65 @@ class IrssiTests(ProcessTestCase):
 
     def client(self, name: str, *args: str):
         return self.spawn(name, ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp), "--name", name, *args])
+
+
+    def room_with_backlog(self, line: str):
+        """alice (ocm-client) makes "study group" and stays; bob leaves C{line} in its history."""
+        alice = self.client("alice", "--room", "study group", "--create", "--accept-new-cert")
+        self.wait_for(lambda: "Created room" in self.read("alice.err") or alice.poll() is not None,
+                      lambda: "alice to create the room: " + self.read("alice.err"))
+        bob = self.client("bob", "--room", "study group", "--accept-new-cert")
+        bob.stdin.write(f"{line}\n".encode())
+        bob.stdin.close()
+        self.assertEqual(bob.wait(LIMIT), 0, self.read("bob.err"))
+        return alice
+
+
+class WeeChatTests(IRCProcessTestCase):
+    """weechat-headless, pinned to the daemon's certificate: it joins, reads, is kicked (it types nothing)."""
+
+    program = "weechat-headless"
+
+    def test_weechat_joins_over_tls_and_reads(self):
+        self.daemon()
+        alice = self.room_with_backlog("before weechat came")
+        home = self.dir / "wee"
+        home.mkdir()
+        (home / "logger.conf").write_text(
+            '[look]\nbacklog = 0\n[file]\nauto_log = on\nflush_delay = 0\n'
+            'mask = "$plugin.$name.weechatlog"\n'
+        )
+        pin = tls.pem_fingerprint((self.dir / "data" / "server.pem").read_bytes()).replace(":", "").lower()
+        command = (
+            f"/server add ocm 127.0.0.1/{self.irc} -ssl -ssl_fingerprint={pin} "
+            "-nicks=wee -username=wee -realname=wee -autojoin=#study_group; /connect ocm"
+        )
+        wee = subprocess.Popen(
+            ["weechat-headless", "--dir", str(home), "--run-command", command], cwd=self.dir, env=self.env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.dir / "wee.err", "wb"),
+        )
+        self.addCleanup(lambda: wee.poll() is None and (wee.kill(), wee.wait(LIMIT)))
+        log = home / "logs" / "irc.ocm.#study_group.weechatlog"
+        channel = lambda: log.read_text("utf-8", "replace") if log.exists() else ""
+        self.wait_for(lambda: "before weechat came" in channel(),
+                      lambda: "the backlog in WeeChat: " + channel() + self.read("wee/logs/irc.server.ocm.weechatlog"))
+        self.assertRegex(channel(), r"\tbob\tbefore weechat came")
+        self.assertIn("hosted by alice", channel())
+        self.wait_for(lambda: "* wee joined" in self.read("alice.out"), lambda: "alice to see wee: " + self.read("alice.out"))
+        alice.stdin.write("hi weechat, ça va?\n".encode())
+        alice.stdin.flush()
+        self.wait_for(lambda: re.search(r"\t@alice\thi weechat, ça va\?", channel()), lambda: "wee to hear alice: " + channel())
+        alice.stdin.close()
+        self.assertEqual(alice.wait(LIMIT), 0, self.read("alice.err"))
+        self.wait_for(lambda: "the host left" in channel(), lambda: "the kick: " + channel())
+        self.assertRegex(channel(), r"wee.*kicked|kicked.*wee")
+        self.assertNotIn("Traceback", self.read("daemon.log"))
+
+
+class IrssiTests(IRCProcessTestCase):
+    """irssi, at a pseudo-terminal as a person runs it, pinned to the daemon's certificate."""
+
+    program = "irssi"
 
     def irssi(self, nick: str):
         """irssi in a pty (its screen drained to irssi.screen); returns a function that types a line."""
@@ -122,14 +180,7 @@ class IrssiTests(ProcessTestCase):
 
     def test_irssi_and_ocm_clients_in_one_room_over_tls(self):
         self.daemon()
-        # alice (ocm-client) makes the room and stays; bob leaves a line in its history.
-        alice = self.client("alice", "--room", "study group", "--create", "--accept-new-cert")
-        self.wait_for(lambda: "Created room" in self.read("alice.err") or alice.poll() is not None,
-                      lambda: "alice to create the room: " + self.read("alice.err"))
-        bob = self.client("bob", "--room", "study group", "--accept-new-cert")
-        bob.stdin.write("before irssi came\n".encode())
-        bob.stdin.close()
-        self.assertEqual(bob.wait(LIMIT), 0, self.read("bob.err"))
+        alice = self.room_with_backlog("before irssi came")
 
         fingerprint = tls.pem_fingerprint((self.dir / "data" / "server.pem").read_bytes())
         irssi, type_line, logs = self.irssi("irs")

@@ -621,6 +621,42 @@ class LimitTests(IRCTestCase):
         self.assertEqual(self.factory.door.active, 0)
 
 
+_COMMANDS = ["JOIN", "PART", "PRIVMSG", "NOTICE", "NAMES", "WHO", "WHOIS", "LIST", "TOPIC", "MODE", "CAP",
+             "NICK", "USER", "PING", "PONG", "CHATHISTORY", "MOTD", "PASS", "AWAY", "KICK"]
+_WORDS = st.one_of(
+    st.sampled_from(["#lab", "#lab,#x", "#", "*", "0", "ada", "LS", "REQ", "END", "LATEST", "BEFORE", "msgid=1-2",
+                     "timestamp=2026-12-03T10:00:00Z", "+b", "-o", "b", "100", "-1", "%", "#a%zz", ":"]),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\0 "), min_size=1, max_size=30),
+)
+
+
+class CommandFuzzTests(IRCTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(_COMMANDS), st.lists(_WORDS, max_size=5), st.one_of(st.none(), st.text(max_size=40))),
+                    max_size=12))
+    def test_any_command_with_any_parameters_is_answered_never_an_internal_error(self, commands):
+        self.service.create_room("lab", "prof", "198.51.100.7", None, transport=Recorder())
+        prof = self.service.rooms["lab"].host
+        self.service.say(prof, "hi", 1)
+        c = self.client()
+        c.register("ada", ("batch", "server-time", "message-tags", "echo-message"))
+        for command, words, trailing in commands:
+            line = " ".join([command, *words]) + (f" :{trailing}" if trailing is not None else "")
+            c.proto.dataReceived(line.replace("\r", " ").replace("\n", " ").encode("utf-8", "surrogatepass") + b"\r\n")
+            if c.closed:
+                break
+        out = c.transport.value()
+        self.assertNotIn(b"internal error", out)
+        for raw in out.split(b"\r\n"):
+            if raw:
+                head, _, body = raw.partition(b" ") if raw.startswith(b"@") else (b"", b"", raw)
+                self.assertLessEqual(len(body) + 2, 512, raw)
+        c.proto.connectionLost(None)
+        self.service.leave(prof)
+        self.assertEqual(self.service.rooms, {})
+        self.assertEqual(self.factory.door.active, 0)
+
+
 class QueryTests(IRCTestCase):
     def test_rfc2812_3_2_6_list_every_room(self):
         self.joined(key="k").read()

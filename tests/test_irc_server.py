@@ -233,6 +233,16 @@ class JoinTests(IRCTestCase):
         self.assertEqual([m.command for m in got if m.command in ("JOIN", "263")], ["JOIN", "JOIN", "263"])
         self.assertIn("#c", [m for m in got if m.command == "263"][0].params[-1])
 
+    def test_names_and_who_pay_the_request_rate(self):
+        """Replies that grow with a room cost a request, as a LIST does."""
+        self.desk = make_desk(self.service, self.clock, request_rate=1.0, request_burst=3)
+        self.factory = IRCFactory(self.desk, self.clock, self.settings())
+        c = self.joined()
+        c.read()
+        c.send("WHO #study_group", "NAMES #study_group", "WHO #study_group")
+        got = [m.command for m in c.read()]
+        self.assertEqual([g for g in got if g in ("315", "366", "263")], ["315", "366", "263"])
+
     def test_bad_channel_name_479(self):
         c = self.client()
         c.register("ada")

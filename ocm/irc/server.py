@@ -675,9 +675,24 @@ class IRCConnection(irc.IRC):
             return None
         return seat
 
+    def _charged(self, command: str) -> bool:
+        """
+        Take one request from the address's budget (the desk's) for a reply
+        that grows with a room (NAMES, WHO): 263 and False past it.
+        """
+        try:
+            self.factory.desk.charge_request(self.ip)
+        except ProtocolError as e:
+            self.factory.refusals[e.status] += 1
+            self.numeric(irc.RPL_TRYAGAIN, command, e.message)
+            return False
+        return True
+
     def irc_NAMES(self, prefix: str, params: list[str]) -> None:
+        if not self._charged("NAMES"):
+            return
         chans = params[0].split(",") if params and params[0] else [s.channel for s in self.seats.values()]
-        for chan in chans:
+        for chan in chans[: self.factory.settings.max_channels]:
             seat = self._seat(chan)
             if seat is not None:
                 self._names(seat)
@@ -697,6 +712,8 @@ class IRCConnection(irc.IRC):
             self._topic(seat)
 
     def irc_WHO(self, prefix: str, params: list[str]) -> None:
+        if not self._charged("WHO"):
+            return
         mask = params[0] if params else "*"
         seat = self._seat(mask) if mask.startswith("#") else None
         if seat is not None:

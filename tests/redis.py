@@ -57,14 +57,23 @@ class _Watch(protocol.ProcessProtocol):
 class RedisServer:
     """One redis-server process; L{stop} and L{start} again keep the port."""
 
-    def __init__(self, test: Any, *, unix: bool = False, tls: tuple[str, str] | None = None) -> None:
-        """C{unix}: a Unix socket only; C{tls}: (cert, key) PEM files, TLS only."""
+    def __init__(
+        self, test: Any, *, unix: bool = False, tls: tuple[str, str] | None = None,
+        password: str | None = None, config: tuple[str, ...] = (),
+    ) -> None:
+        """
+        C{unix}: a Unix socket only; C{tls}: (cert, key) PEM files, TLS only;
+        C{password}: required of every client (requirepass); C{config}:
+        more redis-server arguments (an ACL user, say).
+        """
         self.binary = redis_server_path(test)
         self.port = free_port(socket.SOCK_STREAM, "127.0.0.1")
         self.dir = os.path.abspath(test.mktemp())
         os.makedirs(self.dir)
         self.unix = unix
         self.tls = tls
+        self.password = password
+        self.config = config
         self.socket = os.path.join(self.dir, "redis.sock")
         self._watch: _Watch | None = None
         test.addCleanup(self.stop)
@@ -92,6 +101,9 @@ class RedisServer:
             self.binary, *self._listen_args(), "--dir", self.dir, "--save", "",
             "--appendonly", "no", "--bind", "127.0.0.1", "--logfile", "",
         ]
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
+        argv += self.config
         reactor.spawnProcess(watch, self.binary, argv, env=dict(os.environ), path=self.dir)
         await watch.ready.addTimeout(START_TIMEOUT, reactor)
 

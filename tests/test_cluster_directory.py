@@ -225,22 +225,40 @@ class DirectoryTests(TestCase):
         self.assertIs(self.a.directory.up, True)
         self.assertEqual(self.refusal(self.b.join("Lobby")).status, Status.REDIRECT)
 
-    def test_a_name_claimed_twice_stays_with_the_directory(self):
+    def test_a_name_claimed_twice_stays_with_the_directory_elsewhere(self):
         self.successResultOf(self.a.create("Lobby"))
         self.store.claims.clear()  # Redis lost its data ...
         self.successResultOf(self.b.create("LOBBY"))  # ... and B got in first
         self.clock.advance(TTL / 3)
-        self.assertEqual(self.a.directory.orphans, {"lobby": "10.0.0.1:9003"})
+        self.assertEqual(self.a.directory.contested, {"lobby": "10.0.0.1:9003"})
         self.assertIn("lobby", self.a.rooms.rooms)  # A's room goes on
-        # New joins, on A too, go to B's room; A lists only B's.
-        self.assertEqual(self.refusal(self.a.join("lobby")).response_fields(), {"tcp": "10.0.0.1:9003"})
-        self.assertEqual([r["tcp"] for r in self.successResultOf(self.a.list())], ["10.0.0.1:9003"])
+        # A never gives its live room up on Redis's word: JOINs made on A
+        # join it, and A lists it; a third node follows the directory.
+        self.successResultOf(self.a.join("lobby"))
+        self.assertEqual([r["tcp"] for r in self.successResultOf(self.a.list())], ["10.0.0.1:9001"])
+        c = Node(self.clock, self.store, 9005)
+        self.assertEqual(self.refusal(c.join("lobby")).response_fields(), {"tcp": "10.0.0.1:9003"})
         # B's room closes: A claims the name back at its next tick.
         self.b.rooms.stop()
         self.clock.advance(0)
         self.clock.advance(TTL / 3)
-        self.assertEqual(self.a.directory.orphans, {})
+        self.assertEqual(self.a.directory.contested, {})
         self.assertEqual(self.refusal(self.b.join("lobby")).response_fields(), {"tcp": "10.0.0.1:9001"})
+
+    def test_a_planted_claim_does_not_redirect_a_live_rooms_joins(self):
+        """Issue 20, item 5: Redis says evil.example:443 holds A's live room."""
+        self.successResultOf(self.a.create("Lobby"))
+        claim = Claim("lobby", "Lobby", False, 1)
+        self.store.claims["lobby"] = ("evil", "evil.example:443", claim, self.clock.seconds() + 3600)
+        self.clock.advance(TTL / 3)
+        self.assertEqual(self.a.directory.contested, {"lobby": "evil.example:443"})
+        self.successResultOf(self.a.join("lobby"))  # served here, not 307
+        self.successResultOf(self.a.join("LOBBY"))
+        self.assertEqual([r["tcp"] for r in self.successResultOf(self.a.list())], ["10.0.0.1:9001"])
+        # The room closes: A releases nothing of another's (compare-and-delete).
+        self.a.rooms.stop()
+        self.clock.advance(0)
+        self.assertEqual(self.store.claims["lobby"][1], "evil.example:443")
 
     def test_a_restarted_node_takes_over_what_its_address_held(self):
         self.successResultOf(self.a.create("Lobby"))

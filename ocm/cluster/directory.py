@@ -21,10 +21,15 @@ What happens when things fail:
    C{retry_after}. Every refresh tick tries again; the first that succeeds
    re-asserts every room of this node (claims that Redis lost are made anew).
  - A name claimed twice (Redis lost its data, and another node created a
-   room of the same name before this node re-asserted its own): the claim in
-   Redis wins. This node's room goes on for the members it has, unlisted;
-   new JOINs of that name, here too, are redirected to the holder. When the
-   holder's room closes, the next tick claims the name back.
+   room of the same name before this node re-asserted its own; or someone
+   wrote to Redis): the claim in Redis stands for the other nodes, which
+   list that room and redirect to it. This node never gives up a room it
+   holds on Redis's word: JOINs of it here join it, this node's LIST shows
+   it, and the rival claim is logged (bounded). When the rival's room
+   closes, the next tick claims the name back. A planted claim therefore
+   cannot redirect the JOINs of a live room away from its node.
+ - What Redis returns is checked by the store (names, sizes, host:port);
+   invalid entries are skipped, as if absent.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ocm.cluster.store import BATCH, Claim, DirectoryUnavailable, Store
+from ocm.cluster.store import BATCH, Claim, DirectoryUnavailable, Invalid, Store, check_tcp, shown
 from ocm.wire.names import name_key
 from ocm.server.rooms import Member, Room, RoomService
 from ocm.wire.tcrp import ProtocolError, Status
@@ -70,8 +75,9 @@ class Directory:
         self.node = node or secrets.token_hex(8)
         self.advertise = advertise
         self.tcp = ""  # this node's advertised host:port, known at start
-        # Rooms of this node whose name another node holds: name key -> its tcp.
-        self.orphans: dict[str, str] = {}
+        # Rooms of this node whose name Redis gives another node: name key ->
+        # that node's tcp. Still served here (never redirected away).
+        self.contested: dict[str, str] = {}
         # Names of rooms closed here, still to release: name key -> until when.
         self.releasing: dict[str, float] = {}
         # Names being claimed by a CREATE here: never released meanwhile.
@@ -91,6 +97,15 @@ class Directory:
     def start(self, tcp_port: int) -> None:
         """Begin claiming, once the TCRP port is known (it may have been 0)."""
         tcp = self.tcp = host_port(self.advertise, tcp_port)
+        try:
+            check_tcp(tcp)
+        except Invalid as e:
+            # Other nodes check what they read by this rule, and would skip every room of this one.
+            self.log.error(
+                "--advertise {advertise}: {why}; other nodes will ignore this node's rooms "
+                "(give an ASCII host name, an IDN in its xn-- form, or an address)",
+                advertise=shown(self.advertise), why=str(e),
+            )
         self.log.info(
             "cluster node {node} at {tcp}: room names held in the directory for {ttl:g} s, "
             "refreshed every {every:g} s", node=self.node, tcp=tcp, ttl=self.ttl, every=self.ttl / 3,
@@ -131,16 +146,18 @@ class Directory:
             listed = await self.store.list()
         except DirectoryUnavailable:
             raise self._unavailable("the rooms of every node cannot be listed")
+        # This node's rooms as they are; Redis's word for the others (not
+        # for a name this node holds: a JOIN of it here joins this one).
         rooms = [
             {"name": r.name, "members": r.members, "password": r.password, "tcp": r.tcp}
-            for r in listed if r.node != self.node and r.tcp != self.tcp
+            for r in listed
+            if r.node != self.node and r.tcp != self.tcp and name_key(r.name) not in self.service.rooms
         ]
-        for key, room in self.service.rooms.items():
-            if key not in self.orphans:
-                rooms.append({
-                    "name": room.name, "members": len(room.members),
-                    "password": room.password is not None, "tcp": self.tcp,
-                })
+        for room in self.service.rooms.values():
+            rooms.append({
+                "name": room.name, "members": len(room.members),
+                "password": room.password is not None, "tcp": self.tcp,
+            })
         rooms.sort(key=lambda r: name_key(r["name"]))
         return rooms
 
@@ -175,11 +192,12 @@ class Directory:
 
     async def route_join(self, room: str) -> None:
         """
-        Return if the room is this node's (no Redis call) or nowhere (the
-        service answers 404); raise 307 to the node that holds it.
+        Return if the room is this node's (no Redis call, whatever Redis
+        says) or nowhere (the service answers 404); raise 307 to the node
+        that holds it.
         """
         key = name_key(room)
-        if key in self.service.rooms and key not in self.orphans:
+        if key in self.service.rooms:
             return
         try:
             holder = await self.store.owner(key)
@@ -241,22 +259,23 @@ class Directory:
             if room is None:
                 # Closed while the tick ran: its release is queued after this claim.
                 continue
-            if holder is None and claim.key in self.orphans:
-                del self.orphans[claim.key]
+            if holder is None and claim.key in self.contested:
+                del self.contested[claim.key]
                 self.log.info("room {room!r} holds its name in the directory again", room=claim.name)
-            elif holder is not None and self.orphans.get(claim.key) != holder:
-                self.orphans[claim.key] = holder
+            elif holder is not None and self.contested.get(claim.key) != holder:
+                self.contested[claim.key] = holder
                 self.log.warn(
-                    "room {room!r} lost its name to node {holder} (the directory lost this node's "
-                    "claim, and that node created the name meanwhile): its {n} members chat on "
-                    "here, unlisted; new joins go to {holder}",
-                    room=claim.name, holder=holder, n=claim.members,
+                    "room {room!r} of this node is claimed in the directory by {holder} (Redis lost "
+                    "this node's claim and that node created the name meanwhile, or someone wrote "
+                    "to Redis): this node keeps it, its {n} members and JOINs made here; other "
+                    "nodes send new JOINs to {holder} until one of the two rooms closes",
+                    room=claim.name, holder=shown(holder), n=claim.members,
                 )
 
     def _closed(self, room: Room) -> None:
         """A room of this node closed: give its name back, after this reactor turn."""
         key = name_key(room.name)
-        self.orphans.pop(key, None)
+        self.contested.pop(key, None)
         self._release_soon(key)
 
     def _release_soon(self, key: str) -> None:

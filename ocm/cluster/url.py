@@ -7,7 +7,7 @@ kept apart so the address can be logged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_PORT = 6379
@@ -79,3 +79,35 @@ def parse_redis_url(text: str) -> RedisAddress:
         parts.scheme, host=parts.hostname, port=port or DEFAULT_PORT, db=db,
         username=username, password=password, ca=ca,
     )
+
+
+# Longest password file read (Redis ACL passwords are any length; this is a
+# bound on what a wrong path, such as a log file, makes the daemon hold).
+MAX_PASSWORD_FILE = 4096
+
+
+def with_password_file(address: RedisAddress, path: str) -> RedisAddress:
+    """
+    C{address} with the password read from C{path} (once, at start): kept
+    out of argv, so out of C{ps}, and out of the URL the log shows. One line;
+    its line ending is not part of the password. ValueError naming the
+    option for anything unusable; the message never holds the file's text.
+    """
+    if address.password is not None:
+        raise ValueError("--redis-password-file: the --redis URL has a password too; give one")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PASSWORD_FILE + 1)
+    except OSError as e:
+        raise ValueError(f"--redis-password-file: cannot read {path!r}: {e.strerror}")
+    if len(data) > MAX_PASSWORD_FILE:
+        raise ValueError(f"--redis-password-file: {path!r} is longer than {MAX_PASSWORD_FILE} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--redis-password-file: {path!r} is not UTF-8 text")
+    if text.endswith("\n"):
+        text = text[:-1].removesuffix("\r")
+    if not text or "\n" in text or "\r" in text:
+        raise ValueError(f"--redis-password-file: {path!r} must hold the password on one line")
+    return replace(address, password=text)

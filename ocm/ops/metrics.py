@@ -109,6 +109,18 @@ class OcmCollector(Collector):
         for key, name, doc in STATS:
             yield CounterMetricFamily(name[: -len("_total")], doc, value=stats.get(key, 0))
 
+        # Cluster mode: entries read from Redis and ignored as invalid (planted, or corrupt).
+        store = getattr(getattr(svc, "directory", None), "store", None)
+        if store is not None and hasattr(store, "invalid"):
+            ignored = CounterMetricFamily(
+                "ocm_cluster_entries_ignored",
+                "Room entries read from Redis and ignored, by the field no node of ocm would write so.",
+                labels=["field"],
+            )
+            for field in ("key", "name", "members", "password", "tcp", "node"):
+                ignored.add_metric([field], store.invalid.get(field, 0))
+            yield ignored
+
         # The password-hashing pool, where the daemon has one (OcmService.hashing).
         pool = getattr(svc, "hashing", None)
         if pool is not None:

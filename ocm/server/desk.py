@@ -213,6 +213,8 @@ class FrontDesk:
         if directory is not None:
             await directory.route_join(request.room)
         room = service.room_for_join(request.room)
+        # A banned person spends no password budget (and learns no verdict).
+        service.check_banned(room, request.username, ip)
         if room.password is not None:
             await self.check_password(ip, request.password, request.username, room)
         if gone():

@@ -32,26 +32,36 @@ from twisted.logger import Logger
 
 from ocm.wire.datagram import (
     MAX_TEXT,
+    NEEDS_MEMBER,
+    NUMBERED,
+    Command,
+    CommandOp,
+    CommandRefused,
     DatagramError,
+    Envelope,
     Event,
     EventKind,
     Kind,
     encode_event,
     open_envelope,
+    parse_command,
     parse_envelope,
     parse_event,
     parse_message,
+    refused_text,
     server_nonce,
 )
 from ocm.server.history import DEFAULT_BYTES as DEFAULT_HISTORY_BYTES
 from ocm.server.history import DEFAULT_COUNT as DEFAULT_HISTORY
 from ocm.server.history import History
 from ocm.server.limits import TokenBucket, address_key
+from ocm.server.moderation import BanList
 from ocm.wire.names import name_key
 from ocm.server.passwords import PasswordHash
 from ocm.server.replay import ReplayWindow
-from ocm.server.sends import NEW, STALE, SendWindow
+from ocm.server.sends import NEW, REFUSED_SEQ, STALE, SendWindow
 from ocm.server.sends import SLOTS as _SEND_SLOTS
+from ocm.server.tombstones import Tombstones
 from ocm.wire.tcrp import ProtocolError, Status
 
 Address = tuple  # (host, port) as the relay's transport gives it
@@ -70,7 +80,8 @@ class MemberTransport(Protocol):
     def deliver(self, event: Event) -> None: ...
 
 
-VERSION = "1.1"
+VERSION = "1.1"  # what a member that asks for nothing newer is served
+V12 = "1.2"
 
 TOKEN_BYTES = 16  # 128 bits, PROTOCOL §1's minimum
 
@@ -78,7 +89,10 @@ TOKEN_BYTES = 16  # 128 bits, PROTOCOL §1's minimum
 # each Kind.X lookup costs about 0.35 us.
 _CHAT, _LEAVE, _MESSAGE = Kind.CHAT, Kind.LEAVE, EventKind.MESSAGE
 _SEND, _HISTORY, _ECHO = Kind.SEND, Kind.HISTORY, EventKind.ECHO
+_HEARTBEAT, _COMMAND, _PONG = Kind.HEARTBEAT, Kind.COMMAND, EventKind.PONG
+_NUMBERED = frozenset(int(k) for k in NUMBERED)
 _msg_id = struct.Struct(">I").pack
+_seq = struct.Struct(">Q").pack
 _echo = struct.Struct(">BQQB").pack  # an event's head (encode_event's), for ECHO inline
 # A HISTORY request costs one token, like any datagram, and one more for
 # every HISTORY_PER_TOKEN events it is answered with (docs/security.md).
@@ -87,6 +101,11 @@ HISTORY_PER_TOKEN = 10
 CLOSED_HOST_LEFT = "the host left"
 CLOSED_HOST_TIMED_OUT = "the host timed out"
 CLOSED_SHUTDOWN = "the server is shutting down"
+
+# What a 1.1 member is sent instead of a moderation event (PROTOCOL 1.2 §3):
+# a KICKED or BANNED about itself as CLOSED, the others' as LEFT; the rest
+# not at all.
+_LEGACY_ABOUT_OTHERS = {EventKind.KICKED: EventKind.LEFT, EventKind.BANNED: EventKind.LEFT}
 
 
 def normalize_ip(host: str) -> str:
@@ -102,6 +121,7 @@ class Member:
     __slots__ = (
         "aead", "address", "sent", "name", "name_bytes", "room", "token", "key",
         "ip", "window", "last_seen", "bucket", "sends", "transport", "version", "limit_key",
+        "numbered", "muted", "joined_at",
     )
 
     def __init__(
@@ -124,7 +144,11 @@ class Member:
         self.sends: SendWindow | None = None  # made on the first SEND
         self.transport = transport  # None for a UDP member
         self.version = version  # the protocol version it asked to be served
+        # 1.2: served the room's one numbering of every event (PROTOCOL §3).
+        self.numbered = version == V12
+        self.muted = False  # 1.2: what it says is refused
         self.limit_key = address_key(self.ip)  # what its address's shares count
+        self.joined_at = now
 
     @property
     def is_host(self) -> bool:
@@ -135,7 +159,10 @@ class Member:
 
 
 class Room:
-    __slots__ = ("name", "name_bytes", "password", "members", "host", "seq", "history", "others", "owner_key")
+    __slots__ = (
+        "name", "name_bytes", "password", "members", "host", "seq", "events", "numbered", "history",
+        "others", "owner_key", "bans", "created_at",
+    )
 
     def __init__(self, name: str, password: PasswordHash | None, history: History | None = None) -> None:
         self.name = name
@@ -143,7 +170,11 @@ class Room:
         self.password = password
         self.members: dict[str, Member] = {}
         self.host: Member | None = None
-        self.seq = 0
+        self.seq = 0  # the last message's number (the 1.1 view)
+        self.events = 0  # the last numbered event's number (1.2: every event that changes the room)
+        self.numbered = 0  # members served 1.2's numbering
+        self.bans = BanList()
+        self.created_at = 0.0
         self.history = history
         # Members with a MemberTransport (browsers, IRC), also in members.
         self.others: list[Member] = []
@@ -194,6 +225,12 @@ class RoomService:
         # address), for the front desk's per-address shares.
         self.rooms_by_address: Counter[str] = Counter()
         self.members_by_address: Counter[str] = Counter()
+        # 1.2: removed members' tokens, kept for a timeout to answer with
+        # the event that removed them.
+        self.tombstones = Tombstones()
+        self.pongs = 0
+        self.tombstone_answers = 0
+        self.commands = 0
         self.drops: Counter[str] = Counter()
         # Plain integers, counted where things happen; read through stats.
         self.received = 0  # datagrams handed to datagram_received
@@ -260,6 +297,7 @@ class RoomService:
         self.check_create(room)
         history = History(self.history, self.history_bytes) if self.history else None
         r = Room(room, password, history)
+        r.created_at = self.clock.seconds()
         self.rooms[name_key(room)] = r
         member = self._add(r, username, ip, transport, version)
         r.host = member
@@ -289,6 +327,7 @@ class RoomService:
         r = self.room_for_join(room)
         if expected is not None and r is not expected:
             raise ProtocolError(Status.NOT_FOUND, f"room {room!r} closed while you joined")
+        self.check_banned(r, username, ip)
         if name_key(username) in r.members:
             raise ProtocolError(Status.CONFLICT, f"username {username!r} is taken in room {r.name!r}")
         if len(r.members) >= self.max_members:
@@ -298,21 +337,32 @@ class RoomService:
         self._broadcast(r, EventKind.JOINED, 0, member.name_bytes, b"", exclude=member)
         return member
 
+    def check_banned(self, room: Room, username: str, ip: str) -> None:
+        """403 for a username, or an address (IPv4, IPv6 /64), the room's host banned."""
+        if room.bans.refuses(username, normalize_ip(ip)):
+            raise ProtocolError(Status.FORBIDDEN, f"you are banned from room {room.name!r}")
+
     def joined_body(self, member: Member) -> dict[str, Any]:
         """
         What every way in tells a new member about its room (COMPLETE's
         transport-neutral keys); each listener adds its own (TCRP: the
         token, key and UDP port).
         """
-        return {
+        room = member.room
+        body: dict[str, Any] = {
             "host": member.is_host,
-            "members": [m.name for m in member.room.members.values()],
+            "members": [m.name for m in room.members.values()],
             "timeout": self.timeout,
-            "version": VERSION,
-            "room": member.room.name,
-            "seq": member.room.seq,
+            "version": member.version,
+            "room": room.name,
+            "seq": room.events if member.numbered else room.seq,
             "history": self.history,
         }
+        if member.numbered:
+            # 1.2: who hosts, and who is muted, so the member list is whole.
+            body["host_name"] = room.host.name if room.host is not None else ""
+            body["muted"] = [m.name for m in room.members.values() if m.muted]
+        return body
 
     def _add(
         self, room: Room, username: str, ip: str, transport: MemberTransport | None = None,
@@ -324,6 +374,8 @@ class RoomService:
         room.members[name_key(username)] = member
         self.member_count += 1
         self.members_by_address[member.limit_key] += 1
+        if member.numbered:
+            room.numbered += 1
         if transport is None:
             self.tokens[member.token.encode()] = member
         else:
@@ -347,6 +399,9 @@ class RoomService:
                 envelope.room != member.room.name_bytes
                 and not self._names_room(envelope.room, member.room)
             ):
+                if member is None and self.tombstones:
+                    self._tombstone(envelope, address)
+                    return
                 raise DatagramError("unknown")
             ip = address[0]
             if ip != member.ip and normalize_ip(ip) != member.ip:
@@ -368,20 +423,28 @@ class RoomService:
                 raise DatagramError("flood")
             if kind == _SEND:
                 sends = member.sends
-                if sends is not None and number == sends.highest + 1:
+                if sends is not None and number == sends.highest + 1 and not member.muted:
                     # The common case, the member's next message, inline:
                     # what _say does, without its checks or frame.
                     room = member.room
                     room.seq += 1
                     seq = room.seq
-                    sends.seqs[number % _SEND_SLOTS] = seq
                     sends.highest = number
                     self.echoes += 1
-                    name = member.name_bytes
-                    self._broadcast(room, _MESSAGE, seq, name, raw, member, number)
+                    event_seq = self._broadcast(room, _MESSAGE, seq, member.name_bytes, raw, member, number)
+                    sends.seqs[number % _SEND_SLOTS] = event_seq if member.numbered else seq
                 else:
                     self._say(member, raw, number)
+            elif kind == _HEARTBEAT:
+                if member.numbered:
+                    # 1.2: answered, with the room's current seq.
+                    self.pongs += 1
+                    self._send_to(member, encode_event(
+                        _PONG, member.room.events, int(now * 1000), b"", b""
+                    ))
             elif kind == _CHAT:
+                if member.muted:
+                    raise DatagramError("muted")
                 room = member.room
                 room.seq += 1
                 self._broadcast(room, _MESSAGE, room.seq, member.name_bytes, raw)
@@ -389,6 +452,8 @@ class RoomService:
                 self._history(member, number, last)
             elif kind == _LEAVE:
                 self._remove(member, timed_out=False)
+            elif kind == _COMMAND:
+                self._command(member, number, raw)
         except DatagramError as e:
             self.drops[e.reason] += 1
         except Exception:
@@ -404,27 +469,60 @@ class RoomService:
         seq = sends.check(msg_id)
         if seq == STALE:
             raise DatagramError("stale")
-        self.echoes += 1
-        time_ms = int(self.clock.seconds() * 1000)
         if seq != NEW:
             self.duplicates += 1
-            self._send_to(member, encode_event(_ECHO, seq, time_ms, member.name_bytes, _msg_id(msg_id)))
+            self._answer_again(member, sends, msg_id, seq)
             return
+        if member.muted:
+            self._refuse(member, sends, msg_id, "you are muted in this room")
+            return
+        self.echoes += 1
         room = member.room
         room.seq += 1
         seq = room.seq
-        sends.record(msg_id, seq)
-        self._broadcast(room, _MESSAGE, seq, member.name_bytes, text, member, msg_id)
+        event_seq = self._broadcast(room, _MESSAGE, seq, member.name_bytes, text, member, msg_id)
+        sends.record(msg_id, event_seq if member.numbered else seq)
+
+    def _answer_again(self, member: Member, sends: SendWindow, msg_id: int, seq: int) -> None:
+        """A retransmitted SEND or COMMAND: the same ECHO, or the same REFUSED, again."""
+        time_ms = int(self.clock.seconds() * 1000)
+        if seq == REFUSED_SEQ:
+            why = (sends.refusals or {}).get(msg_id, "refused")
+            if member.numbered or member.transport is not None:
+                self._send_to(member, encode_event(
+                    EventKind.REFUSED, 0, time_ms, member.name_bytes, refused_text(msg_id, why)
+                ))
+            return
+        self.echoes += 1
+        self._send_to(member, encode_event(_ECHO, seq, time_ms, member.name_bytes, _msg_id(msg_id)))
+
+    def _refuse(self, member: Member, sends: SendWindow, msg_id: int, why: str) -> None:
+        """
+        REFUSED (1.2) to a COMMAND or a muted member's SEND, remembered so a
+        retransmission gets it again. A 1.1 member is not sent 1.2's kinds:
+        its refused SEND is dropped (counted as "muted").
+        """
+        sends.refuse(msg_id, why)
+        if member.numbered or member.transport is not None:
+            self._send_to(member, encode_event(
+                EventKind.REFUSED, 0, int(self.clock.seconds() * 1000), member.name_bytes,
+                refused_text(msg_id, why),
+            ))
+        else:
+            self.drops["muted"] += 1
 
     def _history(self, member: Member, first: int, last: int) -> None:
         """HISTORY: resend what the room holds of first..last, to the asker only."""
         self.history_requests += 1
         room = member.room
+        current = room.events if member.numbered else room.seq
         if room.history is None:
-            expired = room.seq + 1 if first <= room.seq else None
+            expired = current + 1 if first <= current else None
             events: list[bytes] = []
+        elif member.numbered:
+            expired, events = room.history.request_events(first, last, current)
         else:
-            expired, events = room.history.request(first, last, room.seq)
+            expired, events = room.history.request(first, last, current)
         if expired is not None:
             self.expired += 1
             self._send_to(
@@ -512,22 +610,31 @@ class RoomService:
         text: bytes,
         exclude: Member | None = None,
         echo_id: int = 0,
-    ) -> None:
+    ) -> int:
         """
-        The one fan-out: an event to every member, over its transport.
+        The one fan-out: an event to every member, over its transport, in
+        each member's view; returns the event's number (1.2), 0 if it has
+        none. C{seq} is its 1.1 number (a MESSAGE's; 0 for the others).
         C{exclude}, the member the event is from or about, gets the ECHO of
         its msg_id C{echo_id} instead if given (a SEND's, sealed in the same
         loop), else nothing (a JOINED's newcomer).
         """
         time_ms = int(self.clock.seconds() * 1000)
-        event = encode_event(kind, seq, time_ms, name, text)
-        if kind == _MESSAGE:
+        event = encode_event(kind, seq, time_ms, name, text)  # the 1.1 view
+        event_seq = 0
+        if kind in _NUMBERED:
+            room.events += 1
+            event_seq = room.events
             history = room.history
             if history is not None:
-                history.add(seq, event)
+                history.add(event_seq, event)
+        # 1.2's view differs in the seq alone, and only if someone asked for it.
+        numbered = event[:1] + _seq(event_seq) + event[9:] if room.numbered else event
         echo = None
         if echo_id:
-            echo = _echo(_ECHO, seq, time_ms, len(name)) + name + _msg_id(echo_id)
+            echo = _echo(
+                _ECHO, event_seq if exclude.numbered else seq, time_ms, len(name)
+            ) + name + _msg_id(echo_id)
         send = self.send
         nonce = server_nonce  # seal_server, inlined: this loop runs once per delivery
         for m in room.members.values():
@@ -539,7 +646,7 @@ class RoomService:
                     continue
                 payload = echo
             else:
-                payload = event
+                payload = numbered if m.numbered else event
             m.sent += 1
             n = nonce(m.sent)
             try:
@@ -549,11 +656,42 @@ class RoomService:
                 self.send_failed(e, address)
         if room.others:
             value = Event(kind, seq, time_ms, name.decode(), text.decode())
+            value12 = Event(kind, event_seq, time_ms, value.name, value.text)
             for m in room.others:
                 if m is not exclude:
-                    m.transport.deliver(value)
+                    m.transport.deliver(value12 if m.numbered else value)
                 elif echo_id:
-                    m.transport.deliver(Event(_ECHO, seq, time_ms, value.name, "", echo_id))
+                    m.transport.deliver(Event(
+                        _ECHO, event_seq if m.numbered else seq, time_ms, value.name, "", echo_id
+                    ))
+        return event_seq
+
+    def _announce(self, room: Room, kind: EventKind, name: bytes, text: bytes, about: Member | None) -> int:
+        """
+        A 1.2 event with no 1.1 counterpart of its own (moderation): 1.2
+        members get it numbered; a 1.1 member gets a KICKED or BANNED
+        about itself as CLOSED and the others' as LEFT (when C{about} was
+        a member), and the rest not at all. Returns its number.
+        """
+        time_ms = int(self.clock.seconds() * 1000)
+        room.events += 1
+        event_seq = room.events
+        stored = encode_event(kind, 0, time_ms, name, text)
+        if room.history is not None:
+            room.history.add(event_seq, stored)
+        numbered = stored[:1] + _seq(event_seq) + stored[9:]
+        legacy = _LEGACY_ABOUT_OTHERS.get(kind) if about is not None else None
+        for m in list(room.members.values()):
+            if m.numbered:
+                payload = numbered
+            elif m is about and kind in _LEGACY_ABOUT_OTHERS:
+                payload = encode_event(EventKind.CLOSED, 0, time_ms, room.host.name_bytes if room.host else b"", text)
+            elif legacy is not None:
+                payload = encode_event(legacy, 0, time_ms, name, b"")
+            else:
+                continue
+            self._send_to(m, payload)
+        return event_seq
 
     def _send_to(self, member: Member, event: bytes) -> None:
         """
@@ -578,6 +716,8 @@ class RoomService:
     def _forget(self, member: Member) -> None:
         self.member_count -= 1
         _count_down(self.members_by_address, member.limit_key)
+        if member.numbered:
+            member.room.numbered -= 1
         if member.transport is None:
             del self.tokens[member.token.encode()]
             self._departed_sent += member.sent
@@ -591,7 +731,8 @@ class RoomService:
                 "host {user!r} {how}", user=member.name,
                 how="timed out" if timed_out else "left",
             )
-            self._close(room, CLOSED_HOST_TIMED_OUT if timed_out else CLOSED_HOST_LEFT)
+            self._close(room, CLOSED_HOST_TIMED_OUT if timed_out else CLOSED_HOST_LEFT,
+                        left=None if timed_out else member)
             return
         del room.members[name_key(member.name)]
         self._forget(member)
@@ -600,13 +741,30 @@ class RoomService:
             "{user!r} {how} room {room!r}", user=member.name, room=room.name,
             how="timed out of" if timed_out else "left",
         )
-        self._broadcast(room, kind, 0, member.name_bytes, b"")
+        event_seq = self._broadcast(room, kind, 0, member.name_bytes, b"")
+        if timed_out:
+            self._bury(member, encode_event(kind, event_seq, int(self.clock.seconds() * 1000),
+                                            member.name_bytes, b""))
 
-    def _close(self, room: Room, reason: str) -> None:
-        """Tell everyone, then forget the room and invalidate its tokens."""
-        self._broadcast(room, EventKind.CLOSED, 0, room.host.name_bytes, reason.encode())
+    def _bury(self, member: Member, event: bytes) -> None:
+        """Keep a removed 1.2 UDP member's tombstone: C{event} is what removed it, in its view."""
+        if member.numbered and member.transport is None:
+            self.tombstones.add(member, event, self.clock.seconds() + self.timeout)
+
+    def _close(self, room: Room, reason: str, keep: bool = False, left: Member | None = None) -> None:
+        """
+        Tell everyone, then forget the room and invalidate its tokens; each
+        1.2 member but the host that C{left} keeps a tombstone (unless the
+        room is C{keep}t across a restart).
+        """
+        host_name = room.host.name_bytes if room.host is not None else b""
+        event_seq = self._broadcast(room, EventKind.CLOSED, 0, host_name, reason.encode())
+        closed = encode_event(EventKind.CLOSED, event_seq, int(self.clock.seconds() * 1000),
+                              host_name, reason.encode())
         for m in list(room.members.values()):
             self._forget(m)
+            if not keep and m is not left:
+                self._bury(m, closed)
         room.members.clear()
         if room.history is not None:
             room.history.clear()
@@ -622,9 +780,128 @@ class RoomService:
         # (and the host's key and AESGCM) waits for the cyclic collector.
         room.host = None
 
+    # -- 1.2: tombstones ------------------------------------------------------
+
+    def _tombstone(self, envelope: Envelope, address: Address) -> None:
+        """
+        A datagram under the token of a member removed less than a timeout
+        ago: authenticated as ever, then answered (at most once a second)
+        with the event that removed it; nothing else is served.
+        """
+        stone = self.tombstones.get(envelope.token)
+        if stone is None or envelope.room != stone.room_bytes:
+            raise DatagramError("unknown")
+        member = stone.member
+        ip = address[0]
+        if ip != member.ip and normalize_ip(ip) != member.ip:
+            raise DatagramError("address")
+        window = member.window
+        if envelope.counter <= window.highest:
+            refused = window.check(envelope.counter)
+            if refused:
+                raise DatagramError(refused)
+        parse_message(open_envelope(member.aead, envelope))
+        window.accept(envelope.counter)
+        now = self.clock.seconds()
+        if now - stone.answered < 1.0:
+            raise DatagramError("removed")
+        stone.answered = now
+        member.address = address
+        self.tombstone_answers += 1
+        self._send_to(member, stone.event)
+
+    # -- 1.2: moderation (COMMAND) -------------------------------------------
+
+    def _command(self, member: Member, msg_id: int, raw: bytes) -> None:
+        """COMMAND: act once per msg_id, answered with ECHO (the event's seq) or REFUSED."""
+        if not member.numbered:
+            raise DatagramError("version")  # a 1.2 request from a member served 1.1
+        sends = member.sends
+        if sends is None:
+            sends = member.sends = SendWindow()
+        prior = sends.check(msg_id)
+        if prior == STALE:
+            raise DatagramError("stale")
+        if prior != NEW:
+            self.duplicates += 1
+            self._answer_again(member, sends, msg_id, prior)
+            return
+        self.commands += 1
+        try:
+            event_seq = self.moderate(member.room, parse_command(raw), by=member)
+        except CommandRefused as e:
+            self._refuse(member, sends, msg_id, str(e))
+            return
+        sends.record(msg_id, event_seq)
+        if self.rooms.get(name_key(member.room.name)) is member.room and member.room.members.get(
+            name_key(member.name)
+        ) is member:
+            self._answer_again(member, sends, msg_id, event_seq)
+
+    def moderate(self, room: Room, command: Command, by: Member | None = None) -> int:
+        """
+        Carry out a moderation command on C{room} from its host C{by}, or
+        from the daemon's operator (C{by} None): the event's number, or
+        L{CommandRefused} saying why not.
+        """
+        op, name = command.op, command.name
+        who = "the host" if by is not None else "the server's operator"
+        if by is not None:
+            if room.host is not by:
+                raise CommandRefused(f"only the host may {op.value}; ask {room.host.name if room.host else 'the host'}")
+            if name_key(name) == name_key(by.name):
+                raise CommandRefused(f"you cannot {op.value} yourself")
+        target = room.members.get(name_key(name))
+        if op in NEEDS_MEMBER and target is None:
+            raise CommandRefused(f"{name!r} is not in the room")
+        reason = command.reason
+        text = reason.encode()
+        if target is not None:
+            name = target.name
+        name_bytes = name.encode()
+        if op == CommandOp.KICK or op == CommandOp.BAN:
+            if op == CommandOp.BAN and not room.bans.ban(name, target.ip if target is not None else None):
+                raise CommandRefused("this room has all the bans it can hold")
+            kind = EventKind.KICKED if op == CommandOp.KICK else EventKind.BANNED
+            self.log.info(
+                "{who} {did} {user!r} in room {room!r}", who=who, room=room.name, user=name,
+                did="kicked" if op == CommandOp.KICK else "banned",
+            )
+            if target is not None and target is room.host:
+                # Only the operator gets here: a host removed closes the room.
+                self._close(room, f"the host was {'kicked' if op == CommandOp.KICK else 'banned'} "
+                                  f"by the server's operator" + (f": {reason}" if reason else ""))
+                return room.events
+            event_seq = self._announce(room, kind, name_bytes, text, target)
+            if target is not None:
+                del room.members[name_key(target.name)]
+                self._forget(target)
+                self._bury(target, encode_event(kind, event_seq, int(self.clock.seconds() * 1000),
+                                                name_bytes, text))
+            return event_seq
+        if op == CommandOp.UNBAN:
+            if not room.bans.unban(name):
+                raise CommandRefused(f"{name!r} is not banned")
+            self.log.info("{who} unbanned {user!r} in room {room!r}", who=who, user=name, room=room.name)
+            return self._announce(room, EventKind.UNBANNED, name_bytes, b"", None)
+        if op == CommandOp.MUTE or op == CommandOp.UNMUTE:
+            mute = op == CommandOp.MUTE
+            if target.muted == mute:
+                raise CommandRefused(f"{target.name!r} is {'already' if mute else 'not'} muted")
+            target.muted = mute
+            self.log.info("{who} {did} {user!r} in room {room!r}", who=who, user=target.name,
+                          room=room.name, did="muted" if mute else "unmuted")
+            return self._announce(room, EventKind.MUTED if mute else EventKind.UNMUTED, name_bytes, b"", None)
+        # HOST: hand the room over.
+        room.host = target
+        self.log.info("{who} handed room {room!r} to {user!r}", who=who, room=room.name, user=target.name)
+        return self._announce(room, EventKind.HOST, name_bytes, b"", None)
+
     def sweep(self) -> None:
-        """Remove every member silent for C{timeout} seconds."""
-        deadline = self.clock.seconds() - self.timeout
+        """Remove every member silent for C{timeout} seconds; forget old tombstones."""
+        now = self.clock.seconds()
+        self.tombstones.prune(now)
+        deadline = now - self.timeout
         for room in list(self.rooms.values()):
             silent = [m for m in room.members.values() if m.last_seen <= deadline]
             if room.host in silent:

@@ -19,16 +19,32 @@ _EMPTY = bytes(8 * SLOTS)
 
 NEW = 0  # relay it
 STALE = -1  # more than WINDOW below the highest: drop
+# (1.2) A msg_id that was answered with REFUSED (a COMMAND, or a muted
+# member's SEND): a retransmission gets the same REFUSED, its reason kept in
+# SendWindow.refusals.
+REFUSED_SEQ = (1 << 64) - 1
 
 
 class SendWindow:
     # seqs is public for the datagram path, which records the common case
     # (the next msg_id) inline: seqs[msg_id % SLOTS] = seq; highest = msg_id.
-    __slots__ = ("highest", "seqs")
+    __slots__ = ("highest", "seqs", "refusals")
 
     def __init__(self) -> None:
         self.highest = 0
         self.seqs = array("Q", _EMPTY)
+        self.refusals: dict[int, str] | None = None  # made on the first refusal
+
+    def refuse(self, msg_id: int, why: str) -> None:
+        """Remember that C{msg_id} (new) was refused, and why: at most the window's worth."""
+        self.record(msg_id, REFUSED_SEQ)
+        refusals = self.refusals
+        if refusals is None:
+            refusals = self.refusals = {}
+        refusals[msg_id] = why
+        low = self.highest - WINDOW
+        for old in [m for m in refusals if m < low]:
+            del refusals[old]
 
     def check(self, msg_id: int) -> int:
         """The seq C{msg_id} was relayed as, or L{NEW}, or L{STALE}."""

@@ -15,7 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from ocm.server import tls
-from ocm.cluster.url import parse_redis_url
+from ocm.cluster.url import parse_redis_url, with_password_file
 from ocm.server.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
 from ocm.server.desk import DEFAULT_MEMBERS_PER_ADDRESS, DEFAULT_ROOMS_PER_ADDRESS, FrontDesk
 from ocm.server.rooms import RoomService
@@ -162,10 +162,17 @@ class Options(usage.Options):
         ["web-origin", None, "",
          "More origins that may use the chat WebSocket, comma-separated "
          "(e.g. https://chat.example.org); by default only the page's own."],
+        ["web-name", None, "",
+         "The host names the page is served at, comma-separated host[:port] "
+         "(e.g. chat.example.org); the WebSocket accepts pages from these only, plus --web-origin "
+         "(default: localhost, 127.0.0.1, ::1, the --web or --interface address, --advertise).",
+         web.parse_names],
         ["web-max-connections", None, "1000",
-         "Most chat WebSockets open at once; past it 503.", _number("web-max-connections", int, 1)],
+         "Most connections open at once to the web port (WebSockets included); past it "
+         "a connection is closed at once.", _number("web-max-connections", int, 1)],
         ["web-max-per-address", None, "50",
-         "Most chat WebSockets open at once from one address; past it 429.",
+         "Most connections open at once to the web port from one address (an IPv6 /64); "
+         "past it a connection is closed at once.",
          _number("web-max-per-address", int, 1)],
         ["web-send-queue", None, "262144",
          "Bytes a browser may leave unread (beyond the socket's own buffer) before it is "
@@ -176,6 +183,9 @@ class Options(usage.Options):
         ["advertise", None, None,
          "With --redis: the host name or address clients reach this node at "
          "(default: --interface, when it is one address)."],
+        ["redis-password-file", None, None,
+         "With --redis: a file holding Redis's password (AUTH), read once at start; "
+         "keeps it out of argv and ps."],
         ["redis-ttl", None, "15",
          "With --redis: seconds the directory keeps this node's rooms unless refreshed "
          "(every third of it); a dead node's rooms are forgotten within this.",
@@ -226,11 +236,14 @@ class Options(usage.Options):
 
     def _cluster_options(self) -> None:
         if self["redis"] is None:
-            if self["advertise"] is not None:
-                raise usage.UsageError("--advertise goes with --redis")
+            for option in ("advertise", "redis-password-file"):
+                if self[option] is not None:
+                    raise usage.UsageError(f"--{option} goes with --redis")
             return
         try:
             self["redis-address"] = parse_redis_url(self["redis"])
+            if self["redis-password-file"] is not None:
+                self["redis-address"] = with_password_file(self["redis-address"], self["redis-password-file"])
         except ValueError as e:
             raise usage.UsageError(str(e))
         try:

@@ -70,6 +70,72 @@ def parse_origins(value: str) -> frozenset[str]:
     return frozenset(origins)
 
 
+def web_gate(config: Any, factory: Any, desk: FrontDesk, reactor: Any, counts: Any = None) -> Any:
+    """
+    The gate around the web listener (L{ocm.web.gate}), outermost, so it
+    counts TCP connections before TLS and HTTP, through the desk's door
+    "web" (its caps, and the daemon's address bans, at accept).
+    C{--web-max-connections} and C{--web-max-per-address} cap open
+    connections to the web port (a WebSocket is one of them; the sockets'
+    own door, "websocket", stays as a second line). With C{--web-no-tls}
+    every peer is the local proxy, so only the total applies here: per
+    address is X-Forwarded-For's, at the sockets' door.
+    """
+    from ocm.web.gate import Gate
+
+    total = config["web-max-connections"]
+    per_address = total if config["web-no-tls"] else config["web-max-per-address"]
+    return Gate(
+        factory,
+        clock=reactor,
+        request_timeout=config["request-timeout"],
+        door=desk.door("web", total, per_address),
+        counts=counts,
+    )
+
+
+def parse_names(value: str) -> Any:
+    """--web-name: see L{ocm.web.origin.parse_names} (an option coercer: ValueError)."""
+    from ocm.web.origin import parse_names as parse
+
+    return parse(value)
+
+
+parse_names.coerceDoc = "(host[:port], comma-separated)"  # type: ignore[attr-defined]
+
+
+def endpoint_interface(endpoint: str) -> str:
+    """The address a server endpoint string binds, or "" (all of them, a Unix socket)."""
+    try:
+        parsed = endpoints._parseServer(endpoint, None)
+    except Exception:
+        return ""
+    kwargs = parsed[-1]
+    return str(kwargs.get("interface", "")) if isinstance(kwargs, dict) else ""
+
+
+def origin_rule(config: Any) -> Any:
+    """
+    The Origin rule (L{ocm.web.origin.OriginRule}) for the options:
+    C{--web-name}, or by default the local names, the web listener's
+    address, C{--interface} and C{--advertise}; C{--web-origin}'s extras.
+    """
+    from ocm.web.origin import OriginRule, default_names
+
+    names = config.get("web-name") or ()
+    if isinstance(names, str):
+        names = parse_names(names)
+    if not names:
+        names = default_names(
+            endpoint_interface(config.get("web-endpoint", "")),
+            config.get("interface"),
+            config.get("advertise"),
+        )
+    return OriginRule(
+        tls=not config["web-no-tls"], names=tuple(names), extra=frozenset(config["web-origin-set"])
+    )
+
+
 def need_autobahn() -> None:
     try:
         import autobahn  # noqa: F401
@@ -91,17 +157,27 @@ def make_listener(
 
     chat = WebChatFactory(
         desk,
-        desk.door("web", config["web-max-connections"], config["web-max-per-address"]),
+        # The sockets' own caps, a second line behind the gate's: behind a
+        # proxy this is where one address (X-Forwarded-For's) is capped.
+        desk.door("websocket", config["web-max-connections"], config["web-max-per-address"]),
         origins=config["web-origin-set"],
         behind_proxy=config["web-no-tls"],
         max_payload=config["max-payload"],
         request_timeout=config["request-timeout"],
         send_queue=config["web-send-queue"],
     )
+    # The Origin rule for chat.py's onConnect (ocm.web.origin): the daemon's
+    # own names and scheme, not the Host header; its names go into the CSP.
+    rule = chat.origin_rule = origin_rule(config)
     # An HTTP connection with no request in flight closes after the room
-    # timeout; an upgraded WebSocket is no longer the Site's.
-    factory: Any = make_site(chat, idle_timeout=max(config["request-timeout"], desk.service.timeout))
+    # timeout (the gate's deadline comes first); an upgraded WebSocket is
+    # no longer the Site's.
+    factory: Any = make_site(
+        chat, idle_timeout=max(config["request-timeout"], desk.service.timeout),
+        tls=tls_options is not None, rule=rule,
+    )
     if tls_options is not None:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
+    factory = web_gate(config, factory, desk, reactor, getattr(chat, "refusals", None))
     endpoint = endpoints.serverFromString(reactor, config["web-endpoint"])
     return StreamListener("web", endpoint, factory), chat

@@ -106,6 +106,10 @@ def parse_frame(text: str) -> Frame:
     if not isinstance(body, dict):
         raise _bad("the frame is not a JSON object")
     op = body.get("op")
+    if not isinstance(op, str):
+        # Before any lookup: a list or an object is unhashable (found by
+        # tests/test_fuzz_binding.py: {"op": []} raised TypeError).
+        raise _bad("op is missing or not a string")
     if op in OPS:
         if op == "list":
             return RoomRequest(Op.LIST_ROOMS)
@@ -140,9 +144,7 @@ def parse_frame(text: str) -> Frame:
         return History(first, last)
     if op == "leave":
         return Leave()
-    if isinstance(op, str):
-        raise _bad(f"unknown op {op[:40]!r}")
-    raise _bad("op is missing or not a string")
+    raise _bad(f"unknown op {op[:40]!r}")
 
 
 def _encode(value: dict[str, Any]) -> str:

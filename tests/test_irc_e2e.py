@@ -1,7 +1,8 @@
 """
 End to end over real sockets and TLS: the daemon as a process, a real
 irssi (at a pseudo-terminal, pinned to the daemon's fingerprint) and real
-C{ocm-client} processes in one room, both ways; and, in process, Twisted's
+C{ocm-client} processes in one room, both ways, and irssi's host kicking
+one; and, in process, Twisted's
 own IRC client (twisted.words' IRCClient, an implementation independent of
 the server's) beside a UDP member speaking the wire protocol and a browser's
 WebSocket.
@@ -213,6 +214,16 @@ class IrssiTests(IRCProcessTestCase):
         self.assertEqual(alice.wait(LIMIT), 0, self.read("alice.err"))
         self.wait_for(lambda: "was kicked from #study_group" in channel(), lambda: "the kick: " + channel())
         self.assertIn("the host left", channel())
+        # irssi hosts a room of its own, and kicks an ocm-client member from it.
+        type_line("/join #irssi_room")
+        own = lambda: (logs / "#irssi_room.log").read_text("utf-8", "replace") if (logs / "#irssi_room.log").exists() else ""
+        self.wait_for(lambda: "#irssi_room" in own(), lambda: "irssi's own room: " + own())
+        carl = self.client("carl", "--room", "irssi room", "--accept-new-cert")
+        self.wait_for(lambda: "carl" in own() and "has joined" in own(), lambda: "carl in irssi's room: " + own())
+        type_line("/kick #irssi_room carl that will do")
+        self.wait_for(lambda: carl.poll() is not None, lambda: "carl to be kicked: " + self.read("carl.out") + self.read("carl.err"))
+        self.assertIn("carl was kicked from #irssi_room by irs [that will do]", own())
+        self.assertIn("that will do", self.read("carl.out") + self.read("carl.err"))  # a 1.1 client's view: its room closed
         type_line("/quit")
         self.wait_for(lambda: irssi.poll() is not None, "irssi to quit")
         self.assertNotIn("Traceback", self.read("daemon.log"))

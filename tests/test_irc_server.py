@@ -425,21 +425,90 @@ class EventTests(IRCTestCase):
         self.assertEqual(said[0].tags, {})
 
 
-    def test_moderation_events_as_kick_and_mode(self):
-        """The 1.2 events moderation brings: KICKED as KICK by the host, HOST as MODE +o."""
-        from ocm.wire.datagram import Event
 
-        c = self.joined()
-        bob, rec = self.ocm_member("study group", "bob")
-        c.read()
-        seat = c.proto.seats[name_key("study group")]
-        seat.deliver(Event(EventKind.HOST, 3, 0, "bob", ""))
-        seat.deliver(Event(EventKind.KICKED, 4, 0, "ada", "enough"))
-        got = c.read()
-        self.assertEqual([(m.command, m.params) for m in got], [
-            ("MODE", ["#study_group", "+o", "bob"]), ("KICK", ["#study_group", "ada", "enough"]),
+
+class ModerationTests(IRCTestCase):
+    """The host's moderation (the room service's, protocol 1.2) as KICK and MODE."""
+
+    def room(self):
+        ada = self.joined()
+        bob, rec = self.ocm_member("study group", "bob")  # a 1.1 member from another way in
+        cy = self.joined("cy")
+        ada.read(), cy.read()
+        return ada, cy, rec
+
+    def test_rfc2812_3_2_8_kick_by_the_host(self):
+        ada, cy, rec = self.room()
+        ada.send("KICK #study_group cy :enough")
+        seen = [(m.command, m.prefix.split("!")[0], m.params) for m in cy.read()]
+        self.assertEqual(seen, [("KICK", "ada", ["#study_group", "cy", "enough"])])
+        self.assertEqual(cy.proto.seats, {})
+        self.assertEqual([(m.command, m.params) for m in ada.read()], [("KICK", ["#study_group", "cy", "enough"])])
+        self.assertNotIn("cy", self.service.rooms[name_key("study group")].members)
+        self.assertEqual((rec.events[-1].kind, rec.events[-1].name), (EventKind.LEFT, "cy"))  # 1.1's view
+        cy.send("JOIN #study_group")  # a kick is not a ban
+        self.assertEqual(cy.read()[0].command, "JOIN")
+
+    def test_kick_refusals(self):
+        ada, cy, rec = self.room()
+        cy.send("KICK #study_group ada", "KICK #elsewhere ada")
+        self.assertEqual(cy.commands(), ["482", "442"])
+        ada.send("KICK #study_group nobody", "KICK #study_group")
+        self.assertEqual(ada.commands(), ["441", "461"])
+        self.assertEqual(len(self.service.rooms[name_key("study group")].members), 3)
+
+    def test_mode_b_bans_and_unbans_a_name(self):
+        ada, cy, rec = self.room()
+        ada.send("MODE #study_group +b cy!*@*")
+        self.assertEqual([(m.command, m.params) for m in cy.read()], [
+            ("MODE", ["#study_group", "+b", "cy!*@*"]), ("KICK", ["#study_group", "cy", "banned"]),
         ])
-        self.assertEqual(c.proto.seats, {})
+        cy.send("JOIN #study_group")
+        self.assertEqual(cy.commands(), ["474"])
+        ada.read()
+        ada.send("MODE #study_group b")
+        self.assertEqual([(m.command, m.params[1:]) for m in ada.read()],
+                         [("367", ["#study_group", "cy!*@*"]), ("368", ["#study_group", "End of channel ban list"])])
+        ada.send("MODE #study_group -b cy")
+        self.assertEqual([(m.command, m.params) for m in ada.read()], [("MODE", ["#study_group", "-b", "cy!*@*"])])
+        cy.send("JOIN #study_group")
+        self.assertEqual(cy.read()[0].command, "JOIN")
+
+    def test_mode_q_mutes_and_unmutes(self):
+        ada, cy, rec = self.room()
+        ada.send("MODE #study_group +q cy")
+        self.assertEqual([(m.command, m.params) for m in cy.read()], [("MODE", ["#study_group", "+q", "cy!*@*"])])
+        ada.read()
+        ada.send("MODE #study_group q")
+        self.assertEqual([m.command for m in ada.read()], ["728", "729"])
+        heard = len(rec.events)
+        cy.send("PRIVMSG #study_group :can you hear me?")
+        got = cy.read()
+        self.assertEqual([m.command for m in got], ["404"])
+        self.assertIn("muted", got[0].params[-1])
+        self.assertEqual(len(rec.events), heard)
+        self.assertEqual(ada.read(), [])
+        ada.send("MODE #study_group -q cy")
+        cy.read()
+        cy.send("PRIVMSG #study_group :and now?")
+        self.assertEqual(rec.events[-1].text, "and now?")
+
+    def test_mode_o_hands_the_room_over(self):
+        ada, cy, rec = self.room()
+        ada.send("MODE #study_group +o cy")
+        for c in (ada, cy):
+            m = c.read()[0]
+            self.assertEqual((m.command, m.prefix.split("!")[0], m.params), ("MODE", "ada", ["#study_group", "-o+o", "ada", "cy"]))
+        self.assertEqual(self.service.rooms[name_key("study group")].host.name, "cy")
+        ada.send("KICK #study_group cy", "MODE #study_group -o cy", "NAMES #study_group")
+        got = ada.read()
+        self.assertEqual([m.command for m in got], ["482", "482", "353", "366"])
+        self.assertIn("@cy", got[2].params[-1].split())
+
+    def test_unknown_modes_472(self):
+        ada, cy, rec = self.room()
+        ada.send("MODE #study_group +k newkey", "MODE #study_group +l 5")
+        self.assertEqual(ada.commands(), ["472", "472"])
 
 
 class ChatHistoryTests(IRCTestCase):
@@ -689,7 +758,7 @@ class QueryTests(IRCTestCase):
         self.assertEqual(got[0].params[5:7], ["ada", "H@"])
         self.assertIn("study group", got[4].params[-1])
         self.assertEqual(got[5].params[-1], "+ntk")
-        c.send("TOPIC #study_group :new", "MODE #study_group +b eve", "NAMES #nowhere")
+        c.send("TOPIC #study_group :new", "MODE #study_group +x", "NAMES #nowhere")
         self.assertEqual(c.commands(), ["482", "472", "366"])
 
     def test_unknown_command_421(self):

@@ -41,7 +41,7 @@ from ocm.irc import lines, names
 from ocm.server.history import MAX_PER_REQUEST
 from ocm.server.limits import TokenBucket
 from ocm.server.rooms import Member, normalize_ip
-from ocm.wire.datagram import Event, EventKind
+from ocm.wire.datagram import Command, CommandOp, CommandRefused, Event, EventKind, MAX_REASON
 from ocm.wire.names import name_key
 from ocm.wire.tcrp import Op, ProtocolError, Request, Status
 
@@ -62,6 +62,13 @@ CHATHISTORY_MAX = MAX_PER_REQUEST  # messages one CHATHISTORY answers with at mo
 _BEFORE_WELCOME = frozenset({"CAP", "NICK", "USER", "PASS", "PING", "PONG", "QUIT"})
 
 USER_HOST = "ocm"  # the user@host of every member: addresses are not shown
+# Each membership is served protocol 1.2's view: moderation's events
+# (KICKED, BANNED, MUTED, HOST, ...) as themselves, and one numbering of
+# everything that changes a room, which msgids and chathistory use.
+VERSION = "1.2"
+MAX_MODES = 4  # mode changes one MODE may carry (ISUPPORT MODES)
+RPL_QUIETLIST = "728"  # Solanum's +q list: <channel> q <mask>
+RPL_ENDOFQUIETLIST = "729"
 MAX_PENDING_ECHOES = 64
 
 
@@ -91,7 +98,7 @@ class Settings:
 class Seat:
     """One membership of a connection: the transport the room service delivers to."""
 
-    __slots__ = ("connection", "member", "channel", "active", "msg_ids", "echoes")
+    __slots__ = ("connection", "member", "channel", "active", "msg_ids", "echoes", "host_name")
 
     def __init__(self, connection: IRCConnection) -> None:
         self.connection = connection
@@ -101,6 +108,7 @@ class Seat:
         self.msg_ids = itertools.count(1)
         # msg_id -> (command, text) of what the client said, for echo-message.
         self.echoes: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        self.host_name = ""  # who this client was last shown as the host (@)
 
     def deliver(self, event: Event) -> None:
         self.connection.deliver(self, event)
@@ -456,7 +464,7 @@ class IRCConnection(irc.IRC):
         self.numeric(irc.RPL_WELCOME, f"Welcome to the {f.settings.network} IRC gateway, {self.nick}")
         self.numeric(irc.RPL_YOURHOST, f"Your host is {server}, running ocm {__version__}")
         self.numeric(irc.RPL_CREATED, f"This server was created {f.created}")
-        self.numeric(irc.RPL_MYINFO, server, f"ocm-{__version__}", "i", "knt", "k")
+        self.numeric(irc.RPL_MYINFO, server, f"ocm-{__version__}", "i", "bknoqt", "bkoq")
         for raw in lines.isupport_lines(self.nick, f.isupport(), server):
             self.send(raw)
         self._motd()
@@ -557,19 +565,19 @@ class IRCConnection(irc.IRC):
                 f.desk.charge_request(self.ip)
                 gone = lambda: self.state is State.CLOSED
                 try:
-                    answer = await f.desk.answer(Request(Op.JOIN_ROOM, room, username, key), self.ip, gone, seat)
+                    answer = await f.desk.answer(Request(Op.JOIN_ROOM, room, username, key, VERSION), self.ip, gone, seat)
                 except ProtocolError as e:
                     if e.status != Status.NOT_FOUND:
                         raise
                     # No such room: JOIN makes it, as IRC servers do; the key is its password.
                     op = Op.CREATE_ROOM
                     try:
-                        answer = await f.desk.answer(Request(Op.CREATE_ROOM, room, username, key), self.ip, gone, seat)
+                        answer = await f.desk.answer(Request(Op.CREATE_ROOM, room, username, key, VERSION), self.ip, gone, seat)
                     except ProtocolError as e2:
                         if e2.status != Status.CONFLICT:
                             raise
                         op = Op.JOIN_ROOM  # made by someone else meanwhile
-                        answer = await f.desk.answer(Request(Op.JOIN_ROOM, room, username, key), self.ip, gone, seat)
+                        answer = await f.desk.answer(Request(Op.JOIN_ROOM, room, username, key, VERSION), self.ip, gone, seat)
             except ProtocolError as e:
                 f.refusals[e.status] += 1
                 self._join_refused(chan, op, e)
@@ -584,12 +592,13 @@ class IRCConnection(irc.IRC):
             f.service.leave(member)
             return
         seat.channel = names.channel(member.room.name)
+        seat.host_name = member.room.host.name if member.room.host is not None else ""
         seat.active = True
         self.seats[name_key(member.room.name)] = seat
         self.send(lines.line("JOIN", [seat.channel], self.me))
         self._topic(seat)
         self._names(seat)
-        self._playback(seat, int(answer.body.get("seq", member.room.seq)))
+        self._playback(seat)
 
     def _join_refused(self, chan: str, op: Op, e: ProtocolError) -> None:
         """A desk refusal as the numeric an IRC client shows for a failed JOIN."""
@@ -636,19 +645,24 @@ class IRCConnection(irc.IRC):
             self.numeric(irc.RPL_NAMREPLY, "=", seat.channel, " ".join(chunk))
         self.numeric(irc.RPL_ENDOFNAMES, seat.channel, "End of /NAMES list.")
 
-    def _playback(self, seat: Seat, seq: int) -> None:
+    def _playback(self, seat: Seat) -> None:
         """The room's recent messages, as one chathistory batch (IRCv3 batch) where the client takes it."""
         count = self.factory.settings.playback
-        if count <= 0 or seq <= 0 or "draft/chathistory" in self.caps:
+        if count <= 0 or "draft/chathistory" in self.caps:
             return  # a chathistory client asks for what it lacks itself
+        held = (self._held(seat) or [])[-count:]
+        if not held:
+            return
         batch = str(next(self._batches))
         if "batch" in self.caps:
             self.send(lines.line("BATCH", [f"+{batch}", "chathistory", seat.channel], self.hostname))
-        self._batch = (seat, batch)
-        try:
-            self.factory.service.request_history(seat.member, max(1, seq - count + 1), seq)
-        finally:
-            self._batch = None
+        for event in held:
+            text = event.text
+            if "server-time" not in self.caps:
+                text = f"[{lines.server_time(event.time_ms)[11:19]}] {text}"
+            tags = self._tags(event.time_ms, batch, self._msgid(seat, event.seq))
+            for raw in lines.text_lines("PRIVMSG", seat.channel, text, _prefix(event.name), tags):
+                self.send(raw)
         if "batch" in self.caps:
             self.send(lines.line("BATCH", [f"-{batch}"], self.hostname))
 
@@ -765,12 +779,8 @@ class IRCConnection(irc.IRC):
         if not modes:
             key = "k" if seat.member.room.password is not None else ""
             self.numeric(irc.RPL_CHANNELMODEIS, seat.channel, f"+nt{key}")
-        elif modes.lstrip("+") == "b" and len(params) == 2:
-            self.numeric(irc.RPL_ENDOFBANLIST, seat.channel, "End of channel ban list")
-        elif not seat.member.is_host:
-            self.numeric(irc.ERR_CHANOPRIVSNEEDED, seat.channel, "You're not the room's host")
         else:
-            self.numeric(irc.ERR_UNKNOWNMODE, modes[:1], "room modes cannot be changed over IRC")
+            self._channel_mode(seat, modes[:32], list(params[2:]))
 
     def irc_LIST(self, prefix: str, params: list[str]) -> None:
         wanted = None
@@ -851,6 +861,101 @@ class IRCConnection(irc.IRC):
             if not quiet:
                 self.numeric(irc.ERR_CANNOTSENDTOCHAN, seat.channel, "Cannot send to channel: too fast, message dropped")
 
+    # -- moderation (the host's) ----------------------------------------------
+
+    def irc_KICK(self, prefix: str, params: list[str]) -> None:
+        """KICK #room nick[,nick] [:reason] (RFC 2812 §3.2.8): the host removes members."""
+        if len(params) < 2:
+            self.numeric(irc.ERR_NEEDMOREPARAMS, "KICK", "Not enough parameters")
+            return
+        seat = self._host_seat(params[0])
+        if seat is None:
+            return
+        reason = _reason(params[2]) if len(params) > 2 else ""
+        room = seat.member.room
+        for nickname in params[1].split(",")[:MAX_MODES]:
+            user = names.username(nickname)
+            if user is None or name_key(user) not in room.members:
+                self.numeric(irc.ERR_USERNOTINCHANNEL, nickname[: names.NICKLEN] or "*", seat.channel,
+                             "They aren't on that channel")
+                continue
+            if not self._moderate(seat, CommandOp.KICK, user, reason) or not seat.active:
+                return
+
+    def _host_seat(self, chan: str) -> Seat | None:
+        """The seat on C{chan} if this client hosts it; else the numeric that says why not."""
+        seat = self._seat(chan)
+        if seat is None:
+            self.numeric(irc.ERR_NOTONCHANNEL, chan[: names.CHANNELLEN] or "*", "You're not on that channel")
+            return None
+        if not seat.member.is_host:
+            self.numeric(irc.ERR_CHANOPRIVSNEEDED, seat.channel, "You're not the room's host")
+            return None
+        return seat
+
+    def _moderate(self, seat: Seat, op: CommandOp, user: str, reason: str = "") -> bool:
+        """One moderation command through the room service (a request from the address's budget)."""
+        try:
+            self.factory.desk.charge_request(self.ip)
+        except ProtocolError as e:
+            self.factory.refusals[e.status] += 1
+            self.numeric(irc.RPL_TRYAGAIN, "MODE" if op != CommandOp.KICK else "KICK", e.message)
+            return False
+        try:
+            self.factory.service.moderate(seat.member.room, Command(op, user, reason), by=seat.member)
+        except CommandRefused as e:
+            self.numeric(irc.ERR_CHANOPRIVSNEEDED, seat.channel, str(e))
+            return False
+        return True
+
+    def _channel_mode(self, seat: Seat, modes: str, args: list[str]) -> None:
+        """
+        MODE #room with changes: +b/-b (ban, unban a name), +q/-q (mute,
+        unmute), +o (hand the room over), each the host's alone; b and q
+        alone list the bans and the muted.
+        """
+        room = seat.member.room
+        changes: list[tuple[str, str, str | None]] = []
+        sign = "+"
+        for ch in modes:
+            if ch in "+-":
+                sign = ch
+                continue
+            arg = args.pop(0) if ch in "boq" and args else None
+            changes.append((sign, ch, arg))
+        for sign, ch, arg in changes[:MAX_MODES]:
+            if ch in "bq" and arg is None:
+                if ch == "b":
+                    for name in room.bans.names():
+                        self.numeric(irc.RPL_BANLIST, seat.channel, _mask(name))
+                    self.numeric(irc.RPL_ENDOFBANLIST, seat.channel, "End of channel ban list")
+                else:
+                    for m in room.members.values():
+                        if m.muted:
+                            self.numeric(RPL_QUIETLIST, seat.channel, "q", _mask(m.name))
+                    self.numeric(RPL_ENDOFQUIETLIST, seat.channel, "q", "End of channel quiet list")
+                continue
+            if ch not in "boq":
+                self.numeric(irc.ERR_UNKNOWNMODE, ch, "is not a mode an ocm room can change")
+                continue
+            if not seat.member.is_host:
+                self.numeric(irc.ERR_CHANOPRIVSNEEDED, seat.channel, "You're not the room's host")
+                return
+            if arg is None:
+                self.numeric(irc.ERR_NEEDMOREPARAMS, "MODE", "Not enough parameters")
+                continue
+            user = names.username(arg.split("!", 1)[0])
+            if user is None:
+                self.numeric(irc.ERR_NOSUCHNICK, arg[: names.NICKLEN], "Not a nick (ocm bans names, not masks)")
+                continue
+            if ch == "o" and sign == "-":
+                self.numeric(irc.ERR_CHANOPRIVSNEEDED, seat.channel, "A room always has a host: give it with +o")
+                continue
+            op = {("+", "b"): CommandOp.BAN, ("-", "b"): CommandOp.UNBAN, ("+", "q"): CommandOp.MUTE,
+                  ("-", "q"): CommandOp.UNMUTE, ("+", "o"): CommandOp.HOST}[(sign, ch)]
+            if not self._moderate(seat, op, user) or not seat.active:
+                return
+
     # -- draft/chathistory ----------------------------------------------------
 
     def irc_CHATHISTORY(self, prefix: str, params: list[str]) -> None:
@@ -930,13 +1035,18 @@ class IRCConnection(irc.IRC):
         self.send(lines.line("BATCH", [f"-{batch}"], self.hostname))
 
     def _held(self, seat: Seat) -> list[Event] | None:
-        """What the room holds (at most 100 messages, oldest first), through HISTORY and its price; None if refused."""
-        room = seat.member.room
-        if room.seq <= 0:
+        """
+        The messages among the room's last 100 events, oldest first, asked
+        for as HISTORY (and paid for as one); None if refused.
+        """
+        member = seat.member
+        room = member.room
+        current = room.events if member.numbered else room.seq
+        if current <= 0:
             return []
         self._capture = (seat, [])
         try:
-            ok = self.factory.service.request_history(seat.member, max(1, room.seq - MAX_PER_REQUEST + 1), room.seq)
+            ok = self.factory.service.request_history(member, max(1, current - MAX_PER_REQUEST + 1), current)
             return self._capture[1] if ok else None
         finally:
             self._capture = None
@@ -970,21 +1080,14 @@ class IRCConnection(irc.IRC):
     def _deliver(self, seat: Seat, event: Event) -> None:
         kind = event.kind
         chan = seat.channel
-        if kind == EventKind.MESSAGE:
+        if kind == EventKind.MESSAGE and not event.resent:
             tags = self._tags(event.time_ms, msgid=self._msgid(seat, event.seq))
             for raw in lines.text_lines("PRIVMSG", chan, event.text, _prefix(event.name), tags):
                 self.send(raw)
-        elif kind == EventKind.HISTORY:
-            if self._capture is not None and self._capture[0] is seat:
-                self._capture[1].append(event)  # for CHATHISTORY, which picks and sends
-                return
-            batch = self._batch[1] if self._batch is not None and self._batch[0] is seat else None
-            text = event.text
-            if "server-time" not in self.caps:
-                text = f"[{lines.server_time(event.time_ms)[11:19]}] {text}"
-            tags = self._tags(event.time_ms, batch, self._msgid(seat, event.seq))
-            for raw in lines.text_lines("PRIVMSG", chan, text, _prefix(event.name), tags):
-                self.send(raw)
+        elif kind == EventKind.HISTORY or event.resent:
+            # Asked for by _held (playback, chathistory): only the messages.
+            if self._capture is not None and self._capture[0] is seat and kind in (EventKind.HISTORY, EventKind.MESSAGE):
+                self._capture[1].append(event)
         elif kind == EventKind.ECHO:
             said = seat.echoes.pop(event.msg_id, None)
             if said is not None and "echo-message" in self.caps:
@@ -1003,14 +1106,34 @@ class IRCConnection(irc.IRC):
             self._drop_seat(seat)
             reason = f"the room closed: {event.text}" if event.text else "the room closed"
             self.send(lines.line("KICK", [chan, self.nick, reason], self.hostname, self._tags(event.time_ms)))
-        elif kind == getattr(EventKind, "KICKED", None):
-            if name_key(event.name) == name_key(seat.member.name):
-                self._drop_seat(seat)
-            host = seat.member.room.host
-            by = _prefix(host.name) if host is not None else self.hostname
-            self.send(lines.line("KICK", [chan, names.nick(event.name), event.text or "kicked"], by, self._tags(event.time_ms)))
-        elif kind == getattr(EventKind, "HOST", None):
-            self.send(lines.line("MODE", [chan, "+o", names.nick(event.name)], self.hostname, self._tags(event.time_ms)))
+        elif kind in (EventKind.KICKED, EventKind.BANNED):
+            room = seat.member.room
+            tags = self._tags(event.time_ms)
+            by = _prefix(seat.host_name) if seat.host_name else self.hostname
+            if kind == EventKind.BANNED:
+                self.send(lines.line("MODE", [chan, "+b", _mask(event.name)], by, tags))
+            if name_key(event.name) in room.members:  # not yet removed: it is about a member
+                if name_key(event.name) == name_key(seat.member.name):
+                    self._drop_seat(seat)
+                self.send(lines.line("KICK", [chan, names.nick(event.name), event.text or EventKind(kind).name.lower()], by, tags))
+        elif kind == EventKind.UNBANNED:
+            by = _prefix(seat.host_name) if seat.host_name else self.hostname
+            self.send(lines.line("MODE", [chan, "-b", _mask(event.name)], by, self._tags(event.time_ms)))
+        elif kind in (EventKind.MUTED, EventKind.UNMUTED):
+            by = _prefix(seat.host_name) if seat.host_name else self.hostname
+            sign = "+q" if kind == EventKind.MUTED else "-q"
+            self.send(lines.line("MODE", [chan, sign, _mask(event.name)], by, self._tags(event.time_ms)))
+        elif kind == EventKind.HOST:
+            old, seat.host_name = seat.host_name, event.name
+            by = _prefix(old) if old else self.hostname
+            if old and name_key(old) != name_key(event.name):
+                self.send(lines.line("MODE", [chan, "-o+o", names.nick(old), names.nick(event.name)], by, self._tags(event.time_ms)))
+            else:
+                self.send(lines.line("MODE", [chan, "+o", names.nick(event.name)], by, self._tags(event.time_ms)))
+        elif kind == EventKind.REFUSED:
+            said = seat.echoes.pop(event.msg_id, None)
+            if said is not None and said[0] == "PRIVMSG":
+                self.numeric(irc.ERR_CANNOTSENDTOCHAN, chan, f"Cannot send to channel: {event.text or 'refused'}")
         elif kind in (EventKind.EXPIRED, getattr(EventKind, "PONG", None)):
             return
         else:
@@ -1047,6 +1170,19 @@ def _reference(text: str) -> tuple[str, Any] | None:
             moment = moment.replace(tzinfo=datetime.timezone.utc)
         return ("timestamp", int(moment.timestamp() * 1000))
     return None
+
+
+def _mask(username: str) -> str:
+    """A name as the nick!user@host mask bans and quiets are shown with."""
+    return f"{names.nick(username)}!*@*"
+
+
+def _reason(text: str) -> str:
+    """A KICK reason within ocm's: no control characters, at most 200 bytes, cut between characters."""
+    text = "".join(c for c in text if not (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0))
+    while len(text.encode("utf-8", "surrogatepass")) > MAX_REASON:
+        text = text[:-1]
+    return text
 
 
 def _prefix(username: str) -> str:

@@ -146,7 +146,6 @@ class IRCConnection(irc.IRC):
         self._ping_token = ""
         self._answered = 0.0  # when the client last answered a PING
         self._lines: TokenBucket | None = None
-        self._batch: tuple[Seat, str] | None = None
         self._capture: tuple[Seat, list[Event]] | None = None
         self._batches = itertools.count(1)
 
@@ -1134,10 +1133,10 @@ class IRCConnection(irc.IRC):
             said = seat.echoes.pop(event.msg_id, None)
             if said is not None and said[0] == "PRIVMSG":
                 self.numeric(irc.ERR_CANNOTSENDTOCHAN, chan, f"Cannot send to channel: {event.text or 'refused'}")
-        elif kind in (EventKind.EXPIRED, getattr(EventKind, "PONG", None)):
+        elif kind in (EventKind.EXPIRED, EventKind.PONG):
             return
         else:
-            # The moderation notices of protocol 1.2 and what comes later, as words.
+            # RESTARTING, and kinds yet to come, as words to the channel.
             try:
                 what = EventKind(kind).name.lower().replace("_", " ")
             except ValueError:

@@ -505,6 +505,14 @@ class ModerationTests(IRCTestCase):
         self.assertEqual([m.command for m in got], ["482", "482", "353", "366"])
         self.assertIn("@cy", got[2].params[-1].split())
 
+    def test_restarting_as_a_notice(self):
+        from ocm.wire.datagram import Event
+
+        ada, cy, rec = self.room()
+        ada.proto.seats[name_key("study group")].deliver(Event(EventKind.RESTARTING, 0, 0, "", "back in 5 s"))
+        m = ada.read()[0]
+        self.assertEqual((m.command, m.params), ("NOTICE", ["#study_group", "restarting: back in 5 s"]))
+
     def test_unknown_modes_472(self):
         ada, cy, rec = self.room()
         ada.send("MODE #study_group +k newkey", "MODE #study_group +l 5")

@@ -1141,7 +1141,7 @@ class IRCConnection(irc.IRC):
                 what = EventKind(kind).name.lower().replace("_", " ")
             except ValueError:
                 return
-            text = f"{event.name} {what}" + (f": {event.text}" if event.text else "")
+            text = " ".join(filter(None, (event.name, what))) + (f": {event.text}" if event.text else "")
             self.send(lines.line("NOTICE", [chan, text], self.hostname, self._tags(event.time_ms)))
 
     def _internal(self, failure: Any, command: str) -> None:

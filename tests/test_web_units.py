@@ -17,7 +17,7 @@ from ocm.wire.datagram import Event, EventKind
 from ocm.server.tap import Options
 from ocm.wire.tcrp import Op, ProtocolError
 from ocm.wire import binding
-from ocm.web.chat import WebChatFactory, same_origin
+from ocm.web.chat import WebChatFactory
 
 
 class ParseTests(TestCase):
@@ -113,30 +113,6 @@ class EncodeTests(TestCase):
         frame = binding.encode_event(Event(EventKind.MESSAGE, 1, 1, "a", '"}\n</script>\u2028'))
         self.assertEqual(json.loads(frame)["text"], '"}\n</script>\u2028')
         self.assertNotIn("\n", frame)
-
-
-class OriginTests(TestCase):
-    def test_same_host_and_port(self):
-        self.assertTrue(same_origin("https://chat.example.org", "chat.example.org", frozenset()))
-        self.assertTrue(same_origin("https://chat.example.org:443", "chat.example.org", frozenset()))
-        self.assertTrue(same_origin("https://CHAT.example.org:8443", "chat.example.org:8443", frozenset()))
-        self.assertTrue(same_origin("http://[::1]:8080", "[::1]:8080", frozenset()))
-        # Behind a proxy that ends TLS the page is https, the Host the same.
-        self.assertTrue(same_origin("https://chat.example.org", "chat.example.org:443", frozenset()))
-
-    def test_others_refused(self):
-        for origin, host in (("https://evil.example", "chat.example.org"),
-                             ("https://chat.example.org:8443", "chat.example.org"),
-                             ("https://chat.example.org.evil.example", "chat.example.org"),
-                             ("null", "chat.example.org"), ("", "chat.example.org"),
-                             ("file://", ""), ("chrome-extension://abc", "abc"),
-                             ("https://chat.example.org", "")):
-            self.assertFalse(same_origin(origin, host, frozenset()), origin)
-
-    def test_allowed_list(self):
-        allowed = frozenset({"https://other.example"})
-        self.assertTrue(same_origin("https://other.example", "chat.example.org", allowed))
-        self.assertFalse(same_origin("http://other.example", "chat.example.org", allowed))
 
 
 class ClientAddressTests(TestCase):

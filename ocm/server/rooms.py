@@ -578,6 +578,28 @@ class RoomService:
             return False
         return True
 
+    def command(self, member: Member, msg_id: int, body: bytes) -> bool:
+        """
+        COMMAND (1.2) from a member without UDP, as the datagram's: the
+        JSON C{body}; answered through its transport with ECHO or REFUSED.
+        False if it was dropped (counted in C{drops}).
+        """
+        try:
+            if not 1 <= msg_id < 2**32 or not 1 <= len(body) <= 1024:
+                raise DatagramError("malformed")
+            self._admit(member)
+            self._command(member, msg_id, body)
+        except DatagramError as e:
+            self.drops[e.reason] += 1
+            return False
+        return True
+
+    def close_room(self, room: Room, reason: str) -> None:
+        """Close C{room} on the operator's word (ocm-admin): CLOSED to all, saying why."""
+        if self.rooms.get(name_key(room.name)) is room:
+            self.log.info("the operator closes room {room!r}", room=room.name)
+            self._close(room, reason)
+
     def touch(self, member: Member) -> None:
         """Liveness from the member's own transport (a WebSocket pong)."""
         member.last_seen = self.clock.seconds()

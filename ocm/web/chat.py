@@ -17,7 +17,6 @@ import enum
 import ipaddress
 from collections import Counter
 from typing import Any
-from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -26,6 +25,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ocm.server.desk import Door, FrontDesk
+from ocm.web.headers import HandshakeHeaders
+from ocm.web.origin import OriginRule
 from ocm.server.rooms import Member, normalize_ip
 from ocm.wire import binding
 from ocm.wire.datagram import Event, EventKind
@@ -47,39 +48,6 @@ CLOSE_INTERNAL = 4500  # a bug on the server's side
 DEFAULT_SEND_QUEUE = 256 * 1024
 
 _OK_MESSAGES = {Op.LIST_ROOMS: "rooms listed", Op.CREATE_ROOM: "room created", Op.JOIN_ROOM: "joined"}
-
-
-def _origin_key(origin: str) -> tuple[str, str] | None:
-    """(scheme, host[:port]) of an http(s) origin, default ports dropped."""
-    try:
-        parts = urlsplit(origin.strip().lower())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    if port is not None and port != {"http": 80, "https": 443}[parts.scheme]:
-        host = f"{host}:{port}"
-    return parts.scheme, host
-
-
-def same_origin(origin: str, host_header: str, allowed: frozenset[str]) -> bool:
-    """
-    Whether a browser at C{origin} may open the WebSocket: its host[:port]
-    is the one it asked for (the Host header; the scheme may differ, as
-    behind a TLS-terminating proxy), or it is one of C{allowed}.
-    """
-    key = _origin_key(origin)
-    if key is None:
-        return False
-    if f"{key[0]}://{key[1]}" in allowed:
-        return True
-    for scheme in ("https", "http"):
-        target = _origin_key(f"{scheme}://{host_header}")
-        if target is not None and target[1] == key[1]:
-            return True
-    return False
 
 
 class SocketState(enum.Enum):
@@ -105,7 +73,7 @@ class WebChatFactory(WebSocketServerFactory):
         desk: FrontDesk,
         door: Door,
         *,
-        origins: frozenset[str] = frozenset(),
+        origin_rule: OriginRule | None = None,
         behind_proxy: bool = False,
         max_payload: int = 65536,
         request_timeout: float = 10.0,
@@ -119,7 +87,9 @@ class WebChatFactory(WebSocketServerFactory):
         self.service = desk.service
         self.clock = desk.clock
         self.door = door
-        self.origins = origins
+        # Which pages may open the socket (ocm.web.origin): by default only
+        # the local names, over TLS.
+        self.origin_rule = origin_rule or OriginRule(tls=True, names=("localhost", "127.0.0.1", "::1"))
         self.behind_proxy = behind_proxy
         self.refusals: Counter[Any] = Counter()
         service = self.service
@@ -185,7 +155,7 @@ class WebChatFactory(WebSocketServerFactory):
             raise ConnectionDeny(int(refusal.status), message)
 
 
-class ChatSocket(WebSocketServerProtocol):
+class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
     """One browser: any number of list requests, then at most one membership."""
 
     factory: WebChatFactory
@@ -209,7 +179,7 @@ class ChatSocket(WebSocketServerProtocol):
         peer = getattr(self.transport.getPeer(), "host", "")
         self.ip = f.client_ip(peer, headers.get("x-forwarded-for"))
         origin = headers.get("origin", "")
-        if not same_origin(origin, headers.get("host", ""), f.origins):
+        if not f.origin_rule.allows(origin):
             f.refusals["origin"] += 1
             self._log.info("refused a WebSocket from {ip}: origin {origin!r} not allowed",
                           ip=self.ip, origin=origin[:200])

@@ -160,7 +160,7 @@ def make_listener(
         # The sockets' own caps, a second line behind the gate's: behind a
         # proxy this is where one address (X-Forwarded-For's) is capped.
         desk.door("websocket", config["web-max-connections"], config["web-max-per-address"]),
-        origins=config["web-origin-set"],
+        origin_rule=origin_rule(config),
         behind_proxy=config["web-no-tls"],
         max_payload=config["max-payload"],
         request_timeout=config["request-timeout"],
@@ -168,7 +168,7 @@ def make_listener(
     )
     # The Origin rule for chat.py's onConnect (ocm.web.origin): the daemon's
     # own names and scheme, not the Host header; its names go into the CSP.
-    rule = chat.origin_rule = origin_rule(config)
+    rule = chat.origin_rule
     # An HTTP connection with no request in flight closes after the room
     # timeout (the gate's deadline comes first); an upgraded WebSocket is
     # no longer the Site's.

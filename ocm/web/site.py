@@ -151,14 +151,12 @@ def secure_chat(chat: WebChatFactory, policy: Policy) -> None:
     """
     The WebSocket factory's own HTTP: no C{Server} banner (autobahn's is
     C{AutobahnPython/<version>}, on the 101 and its HTML pages), its
-    status page off, and its handshake refusals under the policy
-    (L{HandshakeHeaders}, mixed into its protocol unless it already is).
+    status page off, and its handshake refusals under the policy (its
+    protocol is a L{HandshakeHeaders}).
     """
     chat.server = None
     chat.http_policy = policy
     chat.setProtocolOptions(webStatus=False)
-    if not issubclass(chat.protocol, HandshakeHeaders):
-        chat.protocol = type(chat.protocol.__name__, (HandshakeHeaders, chat.protocol), {})
 
 
 def make_site(

@@ -505,6 +505,23 @@ class ModerationTests(IRCTestCase):
         self.assertEqual([m.command for m in got], ["482", "482", "353", "366"])
         self.assertIn("@cy", got[2].params[-1].split())
 
+    def test_refused_commands_say_why(self):
+        ada, cy, rec = self.room()
+        ada.send("MODE #study_group +q ada", "MODE #study_group -q cy", "MODE #study_group -b nobody")
+        got = ada.read()
+        self.assertEqual([m.command for m in got], ["482", "482", "482"])
+        self.assertEqual([m.params[-1] for m in got],
+                         ["you cannot mute yourself", "'cy' is not muted", "'nobody' is not banned"])
+
+    def test_commands_pay_the_member_rate(self):
+        """A host's commands are its member's COMMANDs: past the member rate, 263 and nothing done."""
+        self.factory.settings.line_burst = 200
+        ada, cy, rec = self.room()
+        ada.send(*[f"MODE #study_group {'+' if i % 2 == 0 else '-'}q cy" for i in range(50)])
+        got = [m.command for m in ada.read()]
+        self.assertEqual(got.count("MODE"), 40)
+        self.assertEqual(got.count("263"), 10)
+
     def test_restarting_as_a_notice(self):
         from ocm.wire.datagram import Event
 

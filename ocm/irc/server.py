@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import enum
 import itertools
+import json
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ from ocm.irc import lines, names
 from ocm.server.history import MAX_PER_REQUEST
 from ocm.server.limits import TokenBucket
 from ocm.server.rooms import Member, normalize_ip
-from ocm.wire.datagram import Command, CommandOp, CommandRefused, Event, EventKind, MAX_REASON
+from ocm.wire.datagram import MAX_REASON, CommandOp, Event, EventKind
 from ocm.wire.names import name_key
 from ocm.wire.tcrp import Op, ProtocolError, Request, Status
 
@@ -893,17 +894,23 @@ class IRCConnection(irc.IRC):
         return seat
 
     def _moderate(self, seat: Seat, op: CommandOp, user: str, reason: str = "") -> bool:
-        """One moderation command through the room service (a request from the address's budget)."""
-        try:
-            self.factory.desk.charge_request(self.ip)
-        except ProtocolError as e:
-            self.factory.refusals[e.status] += 1
-            self.numeric(irc.RPL_TRYAGAIN, "MODE" if op != CommandOp.KICK else "KICK", e.message)
-            return False
-        try:
-            self.factory.service.moderate(seat.member.room, Command(op, user, reason), by=seat.member)
-        except CommandRefused as e:
-            self.numeric(irc.ERR_CHANOPRIVSNEEDED, seat.channel, str(e))
+        """
+        One moderation command as the member's COMMAND (RoomService.command:
+        the member rate, once per msg_id); a refusal comes back as REFUSED
+        (482 with the room's reason), success as the event itself. False if
+        it was dropped (too fast).
+        """
+        body: dict[str, str] = {"op": op.value, "name": user}
+        if reason:
+            body["reason"] = reason
+        msg_id = next(seat.msg_ids)
+        seat.echoes[msg_id] = ("COMMAND", op.value)  # REFUSED and ECHO come inside command()
+        while len(seat.echoes) > MAX_PENDING_ECHOES:
+            seat.echoes.popitem(last=False)
+        raw = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        if not self.factory.service.command(seat.member, msg_id, raw):
+            seat.echoes.pop(msg_id, None)
+            self.numeric(irc.RPL_TRYAGAIN, "KICK" if op == CommandOp.KICK else "MODE", "too fast: try again in a moment")
             return False
         return True
 
@@ -1089,7 +1096,7 @@ class IRCConnection(irc.IRC):
                 self._capture[1].append(event)
         elif kind == EventKind.ECHO:
             said = seat.echoes.pop(event.msg_id, None)
-            if said is not None and "echo-message" in self.caps:
+            if said is not None and said[0] != "COMMAND" and "echo-message" in self.caps:
                 command, text = said
                 tags = self._tags(event.time_ms, msgid=self._msgid(seat, event.seq))
                 for raw in lines.text_lines(command, chan, text, self.me, tags):
@@ -1133,6 +1140,8 @@ class IRCConnection(irc.IRC):
             said = seat.echoes.pop(event.msg_id, None)
             if said is not None and said[0] == "PRIVMSG":
                 self.numeric(irc.ERR_CANNOTSENDTOCHAN, chan, f"Cannot send to channel: {event.text or 'refused'}")
+            elif said is not None and said[0] == "COMMAND":
+                self.numeric(irc.ERR_CHANOPRIVSNEEDED, chan, event.text or f"{said[1]} refused")
         elif kind in (EventKind.EXPIRED, EventKind.PONG):
             return
         else:

@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 from twisted.internet import defer, endpoints, reactor, ssl
@@ -129,11 +128,21 @@ class IrssiTests(IRCProcessTestCase):
 
     program = "irssi"
 
-    def irssi(self, nick: str):
-        """irssi in a pty (its screen drained to irssi.screen); returns a function that types a line."""
+    def irssi(self, nick: str, channel: str):
+        """
+        irssi in a pty (its screen drained to irssi.screen), set up as a
+        person would: a network, its server over TLS pinned to the daemon's
+        certificate, connected and C{channel} joined at start. Returns a
+        function that types a line.
+        """
         home = self.dir / "irssi"
         home.mkdir()
+        fingerprint = tls.pem_fingerprint((self.dir / "data" / "server.pem").read_bytes())
         (home / "config").write_text(
+            'chatnets = { ocm = { type = "IRC"; }; };\n'
+            f'servers = ( {{ address = "127.0.0.1"; chatnet = "ocm"; port = "{self.irc}"; use_tls = "yes"; '
+            f'tls_verify = "no"; tls_pinned_cert = "{fingerprint}"; autoconnect = "yes"; }} );\n'
+            f'channels = ( {{ name = "{channel}"; chatnet = "ocm"; autojoin = "yes"; }} );\n'
             'settings = {\n'
             f'  core = {{ real_name = "{nick}"; user_name = "{nick}"; nick = "{nick}"; }};\n'
             f'  "fe-common/core" = {{ autolog = "yes"; autolog_path = "{home}/logs/$tag/$0.log"; '
@@ -172,7 +181,6 @@ class IrssiTests(IRCProcessTestCase):
         self.addCleanup(cleanup)
         self.wait_for(lambda: (self.dir / "irssi.screen").stat().st_size > 0 or proc.poll() is not None,
                       "irssi to start")
-        time.sleep(0.5)
 
         def type_line(text: str) -> None:
             os.write(master, text.encode("utf-8") + b"\r")
@@ -183,12 +191,7 @@ class IrssiTests(IRCProcessTestCase):
         self.daemon()
         alice = self.room_with_backlog("before irssi came")
 
-        fingerprint = tls.pem_fingerprint((self.dir / "data" / "server.pem").read_bytes())
-        irssi, type_line, logs = self.irssi("irs")
-        type_line(f"/connect -tls -tls_pinned_cert {fingerprint} -network ocm 127.0.0.1 {self.irc}")
-        self.wait_for(lambda: "End of /MOTD" in self.read("irssi.screen") or "Welcome to the ocm" in self.read("irssi.screen"),
-                      lambda: "irssi to register: " + self.read("irssi.screen")[-2000:])
-        type_line("/join #study_group")
+        irssi, type_line, logs = self.irssi("irs", "#study_group")
         channel = lambda: (logs / "#study_group.log").read_text("utf-8", "replace") if (logs / "#study_group.log").exists() else ""
         # The backlog (irssi takes server-time, so the time is a tag, not text), then the join as alice sees it.
         self.wait_for(lambda: "before irssi came" in channel(), lambda: "the backlog in irssi: " + channel())

@@ -243,6 +243,21 @@ class JoinTests(IRCTestCase):
         got = [m.command for m in c.read()]
         self.assertEqual([g for g in got if g in ("315", "366", "263")], ["315", "366", "263"])
 
+    def test_a_room_on_another_node_is_403_naming_it(self):
+        """Cluster mode: the desk's 307 cannot be followed over IRC; the numeric says where the room is."""
+        from ocm.wire.tcrp import ProtocolError, Status
+
+        async def elsewhere(request, ip, gone, transport=None):
+            raise ProtocolError(Status.REDIRECT, "room 'far' is on node 10.0.0.2:9001", extra={"tcp": "10.0.0.2:9001"})
+
+        self.desk.answer = elsewhere
+        c = self.client()
+        c.register("ada")
+        c.send("JOIN #far")
+        m = c.read()[0]
+        self.assertEqual((m.command, m.params[1]), ("403", "#far"))
+        self.assertIn("10.0.0.2:9001", m.params[-1])
+
     def test_bad_channel_name_479(self):
         c = self.client()
         c.register("ada")

@@ -617,6 +617,9 @@ class IRCConnection(irc.IRC):
             self.numeric(irc.RPL_TRYAGAIN, "JOIN", f"{chan}: {why}")
         elif e.status == Status.BAD_REQUEST:
             self.numeric(ERR_BADCHANNAME, chan, f"Illegal channel name: {why}")
+        elif e.status == Status.REDIRECT:
+            # Cluster mode: the room lives on another node, which IRC cannot follow.
+            self.numeric(irc.ERR_NOSUCHCHANNEL, chan, f"{why}: connect your IRC client to that node")
         else:
             self.numeric(irc.ERR_NOSUCHCHANNEL, chan, why)
 

@@ -257,6 +257,7 @@ class JoinTests(IRCTestCase):
         m = c.read()[0]
         self.assertEqual((m.command, m.params[1]), ("403", "#far"))
         self.assertIn("10.0.0.2:9001", m.params[-1])
+        self.assertIn("connect your IRC client to that node", m.params[-1])
 
     def test_bad_channel_name_479(self):
         c = self.client()

@@ -8,6 +8,7 @@ front desk, started and stopped in the right order.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
@@ -20,6 +21,7 @@ from ocm.ops.systemd import Notifier
 from ocm.server.desk import FrontDesk
 from ocm.server.hashing import HashPool
 from ocm.server.listeners import DatagramListener, StreamListener
+from ocm.server import state
 from ocm.server.relay import Relay
 from ocm.server.rooms import RoomService
 from ocm.server.tcrp_server import TCRPFactory
@@ -59,6 +61,7 @@ class OcmService(service.MultiService):
         web: tuple[StreamListener, WebChatFactory] | None = None,
         metrics_endpoint: IStreamServerEndpoint | None = None,
         tls: bool = True,
+        keep_rooms: Path | None = None,
     ) -> None:
         super().__init__()
         self.rooms = rooms
@@ -66,6 +69,9 @@ class OcmService(service.MultiService):
         self.directory = directory
         self.tcrp = tcrp
         self.tls = tls
+        # --keep-rooms: where rooms are saved at stop and restored at start.
+        self.keep_rooms = keep_rooms
+        self._restored = False
         self.relay = Relay(rooms)
         self._minutely = LoopingCall(self.minutely)
         self._minutely.clock = reactor
@@ -117,6 +123,8 @@ class OcmService(service.MultiService):
     # -- life -------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
+        # Before any listener: a CREATE must not take a kept room's name.
+        self._restore()
         started: list[service.IService] = []
         try:
             for child in self:
@@ -127,6 +135,24 @@ class OcmService(service.MultiService):
                 child.stopService()
             raise
         service.Service.privilegedStartService(self)
+
+    def _restore(self) -> None:
+        if self.keep_rooms is None or self._restored:
+            return
+        self._restored = True
+        now = self.reactor.seconds()
+        try:
+            saved = state.take(self.keep_rooms, now)
+        except (state.StateError, OSError) as e:
+            self.log.warn("saved rooms not restored: {why}", why=str(e))
+            return
+        if saved is None:
+            return
+        rooms, members = state.restore(self.rooms, saved, now)
+        self.log.info(
+            "restored {rooms} rooms with {members} members, saved {age:.1f} s ago",
+            rooms=rooms, members=members, age=now - saved["saved_at"],
+        )
 
     def startService(self) -> None:
         self.privilegedStartService()
@@ -201,8 +227,11 @@ class OcmService(service.MultiService):
         self.notifier.notify("STOPPING=1", "STATUS=closing rooms")
         if self._minutely.running:
             self._minutely.stop()
-        # CLOSED goes out while the UDP socket is still open.
-        self.rooms.stop()
+        # CLOSED, or RESTARTING, goes out while the UDP socket is still open;
+        # then the kept rooms are saved, and nothing more is sent.
+        self.rooms.stop(keep=self.keep_rooms is not None)
+        if self.keep_rooms is not None:
+            self._save()
         if self.hashing is not None:
             self.hashing.stop()
         waits = []
@@ -216,6 +245,18 @@ class OcmService(service.MultiService):
             # /healthz says 503 until the chat ports are closed, then goes too.
             if self.metrics_listener is not None:
                 yield self.metrics_listener.stopService()
+
+
+    def _save(self) -> None:
+        try:
+            rooms, members = state.save(self.rooms, self.keep_rooms, self.reactor.seconds())
+        except OSError as e:
+            self.log.error("could not save the rooms for the restart: {why}", why=str(e))
+            return
+        if rooms:
+            self.log.info("saved {rooms} rooms with {members} members for the restart",
+                          rooms=rooms, members=members)
+        self._restored = False
 
 
 def _where(port: IListeningPort | None) -> str:

@@ -197,6 +197,9 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
+        ["no-keep-rooms", None,
+         "Close every room when the daemon stops, instead of saving the rooms 1.2 clients are in "
+         "(in --data-dir, mode 0600) and restoring them when it starts again within --timeout."],
         ["web-no-tls", None,
          "Serve the page over plain HTTP, only on a loopback address or a Unix socket, "
          "for a reverse proxy that adds TLS (its X-Forwarded-For is trusted)."],
@@ -369,6 +372,7 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
         reactor, banner=banner, hashing=hashing, directory=directory,
         notifier=Notifier.from_environ(environ), web=web_listener, metrics_endpoint=metrics_endpoint,
         tls=not config["no-tls"],
+        keep_rooms=None if config["no-keep-rooms"] else Path(config["data-dir"]),
     )
 
 

@@ -25,14 +25,11 @@ from twisted.trial import unittest
 from twisted.words.protocols import irc as twisted_irc
 
 from ocm.bench.spawn import free_port
-from ocm.irc import listener as irc_listener
 from ocm.server import tls
-from ocm.server.tap import Options
 from tests import wire
 from tests.daemon import DaemonMixin
 from tests.processes import LIMIT, ProcessTestCase
 
-TAP_HAS_IRC = any(o[0] == "irc" for o in Options.optParameters)
 
 
 class IRCProcessTestCase(ProcessTestCase):
@@ -45,26 +42,10 @@ class IRCProcessTestCase(ProcessTestCase):
             if os.environ.get("CI"):
                 self.fail(f"{self.program} is not installed (.ci/run installs Debian's)")
             raise unittest.SkipTest(f"{self.program} is not installed")
-        # tests.irc_daemon lives beside this file, wherever ocm is installed.
-        here = str(Path(__file__).resolve().parent.parent)
-        self.env["PYTHONPATH"] = here + os.pathsep + self.env["PYTHONPATH"]
 
     def daemon(self) -> None:
         self.irc = free_port(socket.SOCK_STREAM, "127.0.0.1")
-        endpoint = f"tcp:{self.irc}:interface=127.0.0.1"
-        if TAP_HAS_IRC:
-            self.twistd("--irc", endpoint, ready="TLS fingerprint SHA256:")
-            return
-        self.tcp = free_port(socket.SOCK_STREAM, "127.0.0.1")
-        self.udp = free_port(socket.SOCK_DGRAM, "127.0.0.1")
-        proc = self.spawn("daemon", [
-            "-m", "tests.irc_daemon", str(self.dir / "daemon.log"), endpoint,
-            "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(self.udp),
-            "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"),
-        ])
-        self.wait_for(lambda: "TLS fingerprint SHA256:" in self.read("daemon.log") or proc.poll() is not None,
-                      "the daemon to start")
-        self.assertIsNone(proc.poll(), self.read("daemon.log") + self.read("daemon.err"))
+        self.twistd("--irc", f"tcp:{self.irc}:interface=127.0.0.1", ready="TLS fingerprint SHA256:")
 
     def client(self, name: str, *args: str):
         return self.spawn(name, ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp), "--name", name, *args])
@@ -282,22 +263,6 @@ class IRCClient(twisted_irc.IRCClient):
 class TwistedClientTests(DaemonMixin, unittest.TestCase):
     timeout = 60
 
-    def start_irc(self) -> int:
-        config = {
-            "irc": "tcp:0:interface=127.0.0.1", "irc-no-tls": False, "irc-max-connections": 10,
-            "irc-max-per-address": 10, "irc-playback": 50, "interface": "127.0.0.1",
-        }
-        irc_listener.check_options(config)
-        cert = (self.data_dir / "server.pem").read_bytes()
-        key = (self.data_dir / "server.key").read_bytes()
-        listener, self.irc_factory = irc_listener.make_listener(
-            config, self.svc.desk, reactor, tls.server_options(cert, key), tls.pem_fingerprint(cert)
-        )
-        listener.setServiceParent(self.svc)
-        # What service.py will do with --irc: a chat listener, stopped with the others.
-        self.svc.chat_listeners.append(listener)
-        return listener.port.getHost().port
-
     async def connect(self, port: int) -> IRCClient:
         authority = ssl.Certificate.loadPEM((self.data_dir / "server.pem").read_bytes())
         options = ssl.optionsForClientTLS("localhost", trustRoot=authority)
@@ -315,8 +280,9 @@ class TwistedClientTests(DaemonMixin, unittest.TestCase):
         """Twisted's IRCClient, a wire-level UDP member and a browser's WebSocket, all ways round."""
         from tests.websocket import open_browser
 
-        self.start_daemon("--web", "tcp:0:interface=127.0.0.1", "--web-no-tls")
-        port = self.start_irc()
+        self.start_daemon("--web", "tcp:0:interface=127.0.0.1", "--web-no-tls",
+                          "--irc", "tcp:0:interface=127.0.0.1")
+        port = self.svc.irc_listener.port.getHost().port
         host = await self.enter("lab notes", "prof", create=True)
         host.chat("an old message")
         self.assertEvent(await host.event(), wire.MESSAGE, "prof", "an old message", seq=1)

@@ -578,15 +578,8 @@ class RoomService:
 
     def _say(self, member: Member, text: bytes, msg_id: int) -> None:
         """SEND: relay a new msg_id once and ECHO it; ECHO a repeat again."""
-        sends = member.sends
+        sends = self._new_msg_id(member, msg_id)
         if sends is None:
-            sends = member.sends = SendWindow()
-        seq = sends.check(msg_id)
-        if seq == STALE:
-            raise DatagramError("stale")
-        if seq != NEW:
-            self.duplicates += 1
-            self._answer_again(member, sends, msg_id, seq)
             return
         if member.muted:
             self._refuse(member, sends, msg_id, "you are muted in this room")
@@ -597,6 +590,24 @@ class RoomService:
         seq = room.seq
         event_seq = self._broadcast(room, _MESSAGE, seq, member.name_bytes, text, member, msg_id)
         sends.record(msg_id, event_seq if member.numbered else seq)
+
+    def _new_msg_id(self, member: Member, msg_id: int) -> SendWindow | None:
+        """
+        The member's SEND window if C{msg_id} (a SEND's or a COMMAND's: one
+        sequence) is new; a repeat is answered again here (None), one too
+        old is dropped.
+        """
+        sends = member.sends
+        if sends is None:
+            sends = member.sends = SendWindow()
+        seq = sends.check(msg_id)
+        if seq == STALE:
+            raise DatagramError("stale")
+        if seq != NEW:
+            self.duplicates += 1
+            self._answer_again(member, sends, msg_id, seq)
+            return None
+        return sends
 
     def _answer_again(self, member: Member, sends: SendWindow, msg_id: int, seq: int) -> None:
         """A retransmitted SEND or COMMAND: the same ECHO, or the same REFUSED, again."""
@@ -953,15 +964,8 @@ class RoomService:
         """COMMAND: act once per msg_id, answered with ECHO (the event's seq) or REFUSED."""
         if not member.numbered:
             raise DatagramError("version")  # a 1.2 request from a member served 1.1
-        sends = member.sends
+        sends = self._new_msg_id(member, msg_id)
         if sends is None:
-            sends = member.sends = SendWindow()
-        prior = sends.check(msg_id)
-        if prior == STALE:
-            raise DatagramError("stale")
-        if prior != NEW:
-            self.duplicates += 1
-            self._answer_again(member, sends, msg_id, prior)
             return
         self.commands += 1
         try:

@@ -28,6 +28,7 @@ from ocm.server.tcrp_server import TCRPFactory
 
 if TYPE_CHECKING:
     from ocm.cluster.directory import Directory
+    from ocm.irc.listener import IRCFactory
     from ocm.web.chat import WebChatFactory
 
 
@@ -59,6 +60,7 @@ class OcmService(service.MultiService):
         directory: Directory | None = None,
         notifier: Notifier | None = None,
         web: tuple[StreamListener, WebChatFactory] | None = None,
+        irc: tuple[StreamListener, IRCFactory] | None = None,
         metrics_endpoint: IStreamServerEndpoint | None = None,
         tls: bool = True,
         keep_rooms: Path | None = None,
@@ -89,6 +91,11 @@ class OcmService(service.MultiService):
         if web is not None:
             self.web_listener, self.web_chat = web
             self.chat_listeners.append(self.web_listener)
+        self.irc_factory: IRCFactory | None = None
+        self.irc_listener: StreamListener | None = None
+        if irc is not None:
+            self.irc_listener, self.irc_factory = irc
+            self.chat_listeners.append(self.irc_listener)
         self.metrics_listener: StreamListener | None = None
         for child in self.chat_listeners:
             child.setServiceParent(self)
@@ -217,6 +224,8 @@ class OcmService(service.MultiService):
         counts.update({f"request {k}": v for k, v in self.tcrp.refusals.items()})
         if self.web_chat is not None:
             counts.update({f"web {k}": v for k, v in self.web_chat.refusals.items()})
+        if self.irc_factory is not None:
+            counts.update({f"irc {k}": v for k, v in self.irc_factory.refusals.items()})
         return counts
 
     @defer.inlineCallbacks

@@ -25,6 +25,7 @@ from ocm.ops import systemd
 from ocm.ops.systemd import Notifier
 from ocm.server.tcrp_server import TCRPFactory
 from ocm.web import daemon as web
+from ocm.irc import listener as irc
 
 log = Logger()
 
@@ -211,6 +212,7 @@ class Options(usage.Options):
          "Serve Prometheus metrics at /metrics and a health check at /healthz on this "
          "Twisted server endpoint, e.g. tcp:9102:interface=127.0.0.1 (default: off; "
          "needs the metrics extra, pip install 'ocm[metrics]')."],
+        *irc.OPTIONS,
     ]
     optFlags = [
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
@@ -220,6 +222,7 @@ class Options(usage.Options):
         ["web-no-tls", None,
          "Serve the page over plain HTTP, only on a loopback address or a Unix socket, "
          "for a reverse proxy that adds TLS (its X-Forwarded-For is trusted)."],
+        *irc.FLAGS,
     ]
 
     def postOptions(self) -> None:
@@ -242,11 +245,14 @@ class Options(usage.Options):
         elif self["web-no-tls"]:
             raise usage.UsageError("--web-no-tls goes with --web")
         self["web-origin-set"] = web.parse_origins(self["web-origin"])
+        irc.check_options(self)
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
-        if self["no-tls"] and self["tls-cert"] and (self["web"] is None or self["web-no-tls"]):
+        if self["no-tls"] and self["tls-cert"] and (self["web"] is None or self["web-no-tls"]) and (
+            self["irc"] is None or self["irc-no-tls"]
+        ):
             raise usage.UsageError("--no-tls: a certificate was also given; choose one")
         for option in ("tls-cert", "tls-key"):
             path = self[option]
@@ -368,7 +374,11 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
     tls_options = None
     if config["no-tls"]:
         banner.append("TLS is OFF: TCRP (tokens and keys included) travels in clear text")
-    if not config["no-tls"] or (config["web"] is not None and not config["web-no-tls"]):
+    fp = None
+    if (
+        not config["no-tls"] or (config["web"] is not None and not config["web-no-tls"])
+        or (config["irc"] is not None and not config["irc-no-tls"])
+    ):
         if config["tls-cert"]:
             cert_pem = Path(config["tls-cert"]).read_bytes()
             key_pem = Path(config["tls-key"]).read_bytes()
@@ -399,6 +409,12 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
             "web chat page: " + ("plain HTTP, for a reverse proxy" if config["web-no-tls"] else "HTTPS")
             + f" on {config['web-endpoint']}"
         )
+    irc_listener = None
+    if config["irc"] is not None:
+        irc_listener = irc.make_listener(
+            config, desk, reactor, None if config["irc-no-tls"] else tls_options, fp
+        )
+        banner.append(("IRC in plain text" if config["irc-no-tls"] else "IRC over TLS") + f" on {config['irc-endpoint']}")
     metrics_endpoint = None
     if config["metrics"]:
         metrics_endpoint = endpoints.serverFromString(reactor, config["metrics"])
@@ -406,7 +422,7 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
         rooms, desk, tcrp, StreamListener("tcrp", endpoint, factory),
         config["udp"] if config.get("udp-fd") is None else ("fd", config["udp-fd"]), config["interface"],
         reactor, banner=banner, hashing=hashing, directory=directory,
-        notifier=Notifier.from_environ(environ), web=web_listener, metrics_endpoint=metrics_endpoint,
+        notifier=Notifier.from_environ(environ), web=web_listener, irc=irc_listener, metrics_endpoint=metrics_endpoint,
         tls=not config["no-tls"],
         keep_rooms=None if config["no-keep-rooms"] else Path(config["data-dir"]),
     )

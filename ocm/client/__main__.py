@@ -36,9 +36,16 @@ password: --password is visible to other local users in the process list;
 prefer the prompt or the OCM_PASSWORD environment variable.
 delivery: lines are retried until the server confirms them, for about ten
 seconds each; at the end of input the client waits for that, then leaves.
+server gone: when the server stops answering the client says so, keeps the
+lines typed meanwhile and sends them when it is back; if it came back
+without the room, the client joins again by itself (the host creates the
+room again with the password it was entered with, kept in memory only).
+moderation: at a terminal the host has /kick, /ban, /unban, /mute, /unmute
+and /host (see /help).
 exit status: 0 after leaving with every line delivered, 3 after leaving when
 some line was not confirmed delivered, 1 when the room was closed by others
-or on an error, 2 for usage errors."""
+or on an error, 2 for usage errors, 4 when the host removed you (kicked),
+5 when the host banned you."""
 
 
 def build_parser() -> argparse.ArgumentParser:

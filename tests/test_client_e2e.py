@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -174,3 +175,63 @@ class LossyPathTests(unittest.TestCase):
         self.assertEqual(await alice.ended, 0, alice.err.decode(errors="replace"))
         for proto in (alice, bob, carol):
             self.assertNotIn(b"Traceback", proto.err)
+
+
+class CrashTests(ProcessTestCase):
+    """
+    Issue 22's Done-when: after C{kill -9} of C{twistd -n ocm}, each of two
+    real ocm-client processes says within 5 s of its next line that the
+    server is not answering; when the daemon is started again (same ports,
+    same data directory, no saved rooms) both are in the room again without
+    anyone typing a command, and the lines typed meanwhile arrive.
+    """
+
+    timeout = 120
+
+    def restart(self) -> subprocess.Popen[bytes]:
+        daemon = self.spawn("daemon2", [
+            "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "--logfile", str(self.dir / "daemon2.log"), "ocm",
+            "--tcp", f"tcp:{self.tcp}:interface=127.0.0.1", "--udp", str(self.udp),
+            "--interface", "127.0.0.1", "--data-dir", str(self.dir / "data"),
+        ])
+        self.wait_for(lambda: "TLS fingerprint SHA256:" in self.read("daemon2.log") or daemon.poll() is not None,
+                      "the daemon to start again")
+        self.assertIsNone(daemon.poll(), self.read("daemon2.log"))
+        return daemon
+
+    def test_kill_9_then_both_rejoin_by_themselves(self) -> None:
+        daemon = self.twistd(ready="TLS fingerprint SHA256:")
+        base = ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp), "--room", "Crash", "--password", "pw"]
+        alice = self.spawn("alice", [*base, "--name", "alice", "--create"])
+        self.wait_for(lambda: "Created room 'Crash'" in self.read("alice.err"), "alice to create the room")
+        bob = self.spawn("bob", [*base, "--name", "bob", "--join"])
+        self.wait_for(lambda: "* bob joined" in self.read("alice.out"), "bob to join")
+        time.sleep(0.5)  # bob's first heartbeat registered
+
+        daemon.kill()  # SIGKILL: nothing sent, nothing saved
+        daemon.wait(LIMIT)
+        killed = time.monotonic()
+        for proc, line in ((alice, "alice after the crash\n"), (bob, "bob after the crash\n")):
+            proc.stdin.write(line.encode())
+            proc.stdin.flush()
+        for name in ("alice", "bob"):
+            self.wait_for(lambda: "the server is not answering" in self.read(f"{name}.err"),
+                          lambda: f"{name} to say so: {self.read(name + '.err')}", limit=5.0 + 2.0)
+        self.assertLess(time.monotonic() - killed, 5.0 + 2.0)
+
+        self.restart()
+        rejoined = "*** rejoined Crash; messages sent while the server was down may be missing"
+        for name in ("alice", "bob"):
+            self.wait_for(lambda: rejoined in self.read(f"{name}.err"),
+                          lambda: f"{name} to rejoin: {self.read(name + '.err')}")
+        self.wait_for(lambda: "bob: bob after the crash" in self.read("alice.out"),
+                      lambda: f"bob's kept line at alice: {self.read('alice.out')}")
+        self.wait_for(lambda: "alice: alice after the crash" in self.read("bob.out"),
+                      lambda: f"alice's kept line at bob: {self.read('bob.out')}")
+        bob.stdin.close()
+        self.assertEqual(bob.wait(LIMIT), 0, self.read("bob.err"))
+        alice.stdin.close()
+        self.assertEqual(alice.wait(LIMIT), 0, self.read("alice.err"))
+        for name in ("alice", "bob"):
+            self.assertNotIn("Traceback", self.read(f"{name}.err"))

@@ -119,7 +119,7 @@ class SilenceTests(Restarts):
         port = await self.stop_udp()
         stopped = reactor.seconds()
         await alice.says(NOT_ANSWERING)
-        self.assertLess(reactor.seconds() - stopped, 2 * 2.0 + 0.5)
+        self.assertLess(reactor.seconds() - stopped, 2 * 2.0 + 1.5)  # slack for a loaded machine
         await bob.says(NOT_ANSWERING)
         self.assertEqual(alice.err.count(NOT_ANSWERING), 1)  # said once
         self.start_udp(port)

@@ -105,8 +105,8 @@ class ModerationTests(unittest.TestCase):
         alice = self.spawn("alice", "--create")
         await self.joined(alice)
         bob = self.spawn("bob", "--join")
-        carol = self.spawn("carol", "--join")
         await self.joined(bob)
+        carol = self.spawn("carol", "--join")  # after bob: the member list's order is known
         await self.joined(carol)
         await self.sees(alice, "* carol joined")
 

@@ -88,7 +88,7 @@ MODERATION = {"/kick": "kick", "/ban": "ban", "/unban": "unban", "/mute": "mute"
 # looks every RECOVER_FIRST seconds, doubling up to RECOVER_CAP, for up to
 # REJOIN_PATIENCE seconds from when the server fell silent.
 RECOVER_FIRST = 1.0
-RECOVER_CAP = 5.0
+RECOVER_CAP = 2.0
 REJOIN_PATIENCE = 180.0
 
 # How long the console may take to flush its output when the client ends.

@@ -496,7 +496,7 @@ class Roster:
 # long is sent again (doubling up to the cap), so one lost datagram is not
 # taken for a dead server; while the server is silent, one every SILENT_BEAT.
 BEAT_RETRY = 1.0
-SILENT_BEAT = 2.0
+SILENT_BEAT = 1.0
 # Nothing from the server this long while a line waits for its ECHO: silent.
 LINE_SILENCE = 5.0
 

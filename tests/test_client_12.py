@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from twisted.internet import reactor, task
 
+from ocm.client import tcrp as tcrp_module
 from ocm.client.loss import Loss
 from ocm.server.service import OcmService
 from ocm.wire.names import name_key
@@ -210,3 +211,40 @@ class RestartTests(Restarts):
         await alice.shows("bob: and on we go\n")
         self.assertIsNone(alice.code)
         self.assertIsNone(bob.code)
+
+
+class FallbackTests(Restarts):
+    async def test_a_client_served_1_1_in_the_same_room(self) -> None:
+        """A server that answers 1.1 is served as before; a 1.1 member kicked is told CLOSED."""
+        self.start_daemon()
+        alice = await self.host(interactive=True, password="")
+        self.patch(tcrp_module, "VERSION", "1.1")  # bob asks for 1.1 only
+        bob = self.client("bob", "Lobby", mode="join", interactive=True)
+        await bob.joined()
+        self.assertEqual((alice.client.session.numbered, bob.client.session.numbered), (True, False))
+        self.assertTrue(bob.client.session.reliable)
+        bob.type("from 1.1")
+        await alice.shows("bob: from 1.1\n")
+        alice.type("to 1.1")
+        await bob.shows("alice: to 1.1\n")
+        bob.type("/mute alice")
+        await bob.shows("/mute needs protocol 1.2; this server serves 1.1.\n")
+        alice.type("/kick bob bye")
+        await alice.shows("* bob was removed by the host: bye\n")
+        await bob.shows("* room closed: bye\n")
+        self.assertEqual(await bob.exit_code(), 1)
+
+    async def test_a_lost_closed_is_learned_at_the_next_heartbeat(self) -> None:
+        self.start_daemon("--timeout", "3")  # heartbeats every second
+        alice = await self.host()
+        bob = self.client("bob", "Lobby", mode="join")
+        await bob.joined()
+        deaf = Loss(1, 1.0)
+        deaf.outgoing = lambda: False  # type: ignore[method-assign]
+        bob.client.session.loss = deaf  # bob hears nothing for a while
+        alice.end_input()
+        self.assertEqual(await alice.exit_code(), 0)  # the host left: CLOSED, which bob misses
+        await task.deferLater(reactor, 0.3, lambda: None)
+        bob.client.session.loss = None
+        await bob.shows("* room closed: the host left\n")  # from the tombstone
+        self.assertEqual(await bob.exit_code(), 1)

@@ -359,8 +359,8 @@ class ChatClient:
         """/kick NAME [reason] and the others: checked here, then sent as COMMAND."""
         session = self.session
         if not session.numbered:
-            self.note(f"{word} needs a protocol 1.2 server; this one speaks "
-                      f"{'1.1' if session.reliable else '1'}.")
+            self.note(f"{word} needs protocol 1.2; this server serves "
+                      f"{'1.1' if session.reliable else 'version 1'}.")
             return
         if not session.is_host:
             host = session.roster.host

@@ -4,7 +4,8 @@ real C{ocm-client} processes on pseudo-terminals (so they are interactive,
 as at a keyboard): the host kicks, mutes, bans and hands the room over; a
 guest cannot; the kicked and the banned are told why and exit 4 and 5; the
 banned cannot join again, under its name or another from the same address;
-after the hand-over the old host leaves and the room lives on.
+after the hand-over the old host leaves and the room lives on. And at 15%
+loss both ways (OCM_TEST_LOSS), every person's /who ends as the server's.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class Person(ProcessProtocol):
         self.transport.write(line.encode("utf-8") + b"\n")
 
 
-class ModerationTests(unittest.TestCase):
+class People(unittest.TestCase):
+    """A daemon, and people at ocm-client processes."""
+
     timeout = 120
 
     def setUp(self) -> None:
@@ -67,11 +70,12 @@ class ModerationTests(unittest.TestCase):
         self.env.pop("OCM_PASSWORD", None)
         self.env.pop("OCM_TEST_LOSS", None)
 
-    def spawn(self, name: str, *args: str, pty: bool = True) -> Person:
+    def spawn(self, name: str, *args: str, pty: bool = True, loss: str | None = None) -> Person:
         person = Person(name)
+        env = dict(self.env, OCM_TEST_LOSS=loss) if loss else self.env
         argv = [sys.executable, "-m", "ocm.client", "127.0.0.1", "--port", str(self.svc.tcp_port),
                 "--no-tls", "--room", "Class", "--name", name, "--password", "pw", *args]
-        process = reactor.spawnProcess(person, sys.executable, argv, env=self.env, usePTY=pty)
+        process = reactor.spawnProcess(person, sys.executable, argv, env=env, usePTY=pty)
 
         def cleanup() -> defer.Deferred[int] | None:
             if person.code is None:
@@ -101,6 +105,9 @@ class ModerationTests(unittest.TestCase):
                                   and self.member(person.name).address is not None),
                          lambda: f"{person.name} in the room:\n{person.text}")
 
+
+
+class ModerationTests(People):
     async def test_kick_mute_ban_and_hand_over(self) -> None:
         alice = self.spawn("alice", "--create")
         await self.joined(alice)
@@ -162,4 +169,48 @@ class ModerationTests(unittest.TestCase):
         dave.type("/quit")  # alone: no warning
         self.assertEqual(await dave.ended, 0, dave.text)
         for person in (alice, bob, carol, dave):
+            self.assertNotIn("Traceback", person.text)
+
+
+class LossyMembersTests(People):
+    """At 15% loss both ways (OCM_TEST_LOSS) every person's /who ends as the server's list."""
+
+    def who(self, person: Person) -> str | None:
+        lines = [line for line in person.text.splitlines() if line.startswith("Members of 'Class'")]
+        return lines[-1] if lines else None
+
+    def expected(self, me: str) -> str:
+        room = self.svc.rooms.rooms[name_key("Class")]
+        names = []
+        for m in room.members.values():
+            marks = [mark for mark, on in (("you", m.name == me), ("host", m is room.host), ("muted", m.muted)) if on]
+            names.append(f"{m.name} ({', '.join(marks)})" if marks else m.name)
+        return f"Members of 'Class' ({len(names)}): {', '.join(names)}"
+
+    async def test_every_who_ends_as_the_servers_list(self) -> None:
+        people = {}
+        for seed, name in enumerate(("alice", "bob", "carol", "dave", "erin")):
+            people[name] = self.spawn(name, "--create" if name == "alice" else "--join", loss=f"{40 + seed}:0.15")
+            await self.joined(people[name])
+        alice = people["alice"]
+        for line in ("/mute bob", "/kick carol", "/mute erin", "/unmute bob", "/ban dave spam", "/host bob"):
+            alice.type(line)
+        await self.until(lambda: self.svc.rooms.rooms[name_key("Class")].host.name == "bob",
+                         lambda: f"the hand-over: {alice.text}")
+        self.assertEqual(await people["carol"].ended, 4)
+        self.assertEqual(await people["dave"].ended, 5)
+        for name in ("alice", "bob", "erin"):
+            person = people[name]
+
+            async def asked(person: Person = person, name: str = name) -> bool:
+                person.type("/who")
+                await task.deferLater(reactor, 1.0, lambda: None)
+                return self.who(person) == self.expected(name)
+
+            deadline = reactor.seconds() + LIMIT
+            while not await asked():
+                if reactor.seconds() > deadline:
+                    self.fail(f"{name}'s /who {self.who(person)!r} is not {self.expected(name)!r}")
+        self.assertEqual(self.expected("bob"), "Members of 'Class' (3): alice, bob (you, host), erin (muted)")
+        for person in people.values():
             self.assertNotIn("Traceback", person.text)

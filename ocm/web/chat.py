@@ -39,6 +39,8 @@ CLOSE_NORMAL = 1000
 CLOSE_ROOM_CLOSED = 4000  # the room closed: reason is the room's CLOSED text
 CLOSE_REMOVED = 4001  # the member was silent for the room timeout
 CLOSE_IDLE = 4002  # not in a room, and no request for a while
+CLOSE_KICKED = 4003  # (1.2) the host kicked or banned the member: reason is the event's text
+CLOSE_RESTARTING = 4004  # (1.2) the server is restarting and keeps the room
 CLOSE_MALFORMED = 4400  # after an error frame with status 400
 CLOSE_TOO_MANY = 4429  # refused frames past the address's request rate
 CLOSE_INTERNAL = 4500  # a bug on the server's side
@@ -238,9 +240,30 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
             self.factory.service.say(self.member, frame.text, frame.msg_id)
         elif isinstance(frame, binding.History):
             self.factory.service.request_history(self.member, frame.first, frame.last)
+        elif isinstance(frame, binding.Order):
+            self._order(frame)
         else:  # Leave
             self._end(CLOSE_NORMAL, "you left the room")
             self._leave_quietly()
+
+    def _order(self, frame: binding.Order) -> None:
+        """A command (1.2): carried out by the room service, or refused here as it would."""
+        member = self.member
+        assert member is not None
+        if not member.numbered:
+            self._refuse_frame(ProtocolError(Status.BAD_REQUEST, 'commands need "version": "1.2"'))
+            return
+        if frame.refused:
+            # Charged as a datagram would be, then answered as the server would.
+            service = self.factory.service
+            if member.bucket.take(self.factory.clock.seconds()):
+                self._send(binding.refused_event(
+                    frame.msg_id, member.name, frame.refused, int(self.factory.clock.seconds() * 1000)
+                ))
+            else:
+                service.drops["flood"] += 1
+            return
+        self.factory.service.command(member, frame.msg_id, frame.body)
 
     def onPong(self, payload: bytes) -> None:
         if self.member is None:
@@ -298,7 +321,7 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
             try:
                 # Charged per request, from the same per-address budget TCRP uses.
                 desk.charge_request(self.ip)
-                request = Request(frame.op, frame.room, frame.username, frame.password)
+                request = Request(frame.op, frame.room, frame.username, frame.password, frame.version)
                 transport = None if frame.op == Op.LIST_ROOMS else self
                 answered = await desk.answer(
                     request, self.ip, lambda: self.life is SocketState.ENDED, transport
@@ -343,12 +366,25 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
             text = binding.encode_event(parsed)
             if text is not None:
                 self._send(text)
+            # A close reason is at most 123 bytes.
+            reason = parsed.text.encode()[:120].decode("utf-8", "ignore")
             if parsed.kind == EventKind.CLOSED:
-                # A close reason is at most 123 bytes.
-                reason = parsed.text.encode()[:120].decode("utf-8", "ignore")
                 self._end(CLOSE_ROOM_CLOSED, reason or "the room closed")
+            elif parsed.kind in (EventKind.KICKED, EventKind.BANNED) and not parsed.resent and self._about_me(parsed):
+                # The room service has removed this member already.
+                self.member = None
+                self._end(CLOSE_KICKED, reason or "removed by the host")
+            elif parsed.kind == EventKind.RESTARTING:
+                # The room is kept as it is: this member does not leave it
+                # (no LEFT), it comes back by joining again.
+                self.member = None
+                self._end(CLOSE_RESTARTING, reason or "the server is restarting")
         except Exception:
             self._log.failure("could not deliver an event to {ip} (web)", ip=self.ip)
+
+    def _about_me(self, event: Event) -> bool:
+        member = self.member
+        return member is not None and name_key(event.name) == name_key(member.name)
 
     def _send(self, text: str) -> None:
         if self.life is SocketState.ENDED or self.state != self.STATE_OPEN:

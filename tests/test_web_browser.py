@@ -239,7 +239,7 @@ class BrowserChatTests(ProcessTestCase):
         )
         self.assertEqual(len(carol.find_elements(By.CSS_SELECTOR, "#log li.earlier")), 3)
         members = self.by_id(carol, "members").text.splitlines()
-        self.assertEqual(sorted(members), ["alice", "bob", "carol (you)"])
+        self.assertEqual(sorted(members), ["alice (host)", "bob", "carol (you)"])
         self.wait_line(alice, "^carol joined$", "alice to see carol join")
         self.wait_for(lambda: "* carol joined" in self.read("bob.out"), "bob to see carol join")
 

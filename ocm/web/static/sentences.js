@@ -23,6 +23,41 @@ export function textProblem(text) {
   return null;
 }
 
+const MAX_REASON_BYTES = 200;
+
+// A reason for removing or banning someone, checked as the server will.
+export function reasonProblem(reason) {
+  if (bytes(reason) > MAX_REASON_BYTES) return `That reason is too long: at most ${MAX_REASON_BYTES} bytes.`;
+  if (/[\u0000-\u001f\u007f-\u009f]/u.test(reason)) return "The reason contains a control character; please retype it.";
+  return null;
+}
+
+// Every event of a room as a sentence, with the terminal client's words
+// (ocm-client prints them after "* "). Messages are not sentences.
+export function eventSentence(frame, me) {
+  const who = frame.name;
+  const why = frame.text ? `: ${frame.text}` : "";
+  const you = who === me;
+  switch (frame.kind) {
+    case "joined": return `${who} joined`;
+    case "left": return `${who} left`;
+    case "timed_out": return `${who} was silent too long and was removed`;
+    case "kicked": return you ? `You were removed from the room by the host${why}` : `${who} was removed by the host${why}`;
+    case "banned": return you ? `You were banned from the room by the host${why}` : `${who} was banned by the host${why}`;
+    case "unbanned": return `${who} was unbanned by the host and may join again`;
+    case "muted": return you ? "You were muted by the host: what you say is not sent" : `${who} was muted by the host`;
+    case "unmuted": return you ? "You were unmuted by the host: you may speak again" : `${who} was unmuted by the host`;
+    case "host": return you ? "You are now the host" : `${who} is now the host`;
+    case "closed": return `The room closed${why}`;
+    default: return `${frame.kind} ${who}`;
+  }
+}
+
+// A host's command, as the terminal client's line would be.
+export function commandWords(command, name) {
+  return `/${command} ${name}`;
+}
+
 const cap = (s) => s.charAt(0).toUpperCase() + s.slice(1);
 const q = (s) => `“${s}”`;
 const seconds = (n) => (n === 1 ? "1 second" : `${n} seconds`);
@@ -82,5 +117,17 @@ export const sentences = {
   left: (room) => `You left room ${q(room)}.`,
   leftWithPage: (room) => `You left room ${q(room)} when you left this page. Join again to come back.`,
   undelivered: "not delivered",
+  refusedLine: (why) => `not delivered: ${why}`,
+  refusedCommand: (what, why) => `Not done (${what}): ${why}.`,
+  confirm: (what, name) => what === "ban"
+    ? `Ban ${q(name)}? They are removed, and cannot come back under any name from their address until you unban them.`
+    : `Remove ${q(name)} from the room? They may join again.`,
+  nowHost: "You are now the host: the room lives while you are in it, and you can moderate it from the member list.",
+  kickedClose: (room, why) => `You were removed from room ${q(room)} by the host${why ? `: ${why}` : ""}.`,
+  restarting: "The server is restarting; this page will reconnect when it is back.",
+  restartWait: (wait) => `The server is restarting. Reconnecting in ${seconds(wait)}…`,
+  waitingHost: (wait) => `The room is not there (the server may have lost it); waiting for its host to create it again. Trying again in ${seconds(wait)}…`,
+  madeAnew: (time, byUs) => `Back at ${time}, in the room ${byUs ? "created again by you" : "as its host created it again"}.`,
+  backAnew: (room) => `Reconnected, but the server had lost room ${q(room)}, which is new now: messages said while it was away may be missing.`,
   expired: "Older messages are no longer kept.",
 };

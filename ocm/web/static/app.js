@@ -312,8 +312,8 @@ function onEvent(frame) {
         const stamp = line.item.querySelector("time");
         stamp.textContent = clock(frame.time);
         stamp.dateTime = new Date(frame.time).toISOString();
-        s.seen.set(frame.seq, line.item);
         numbered(s, frame.seq);
+        s.seen.set(frame.seq, line.item);
       }
       return;
     }
@@ -415,7 +415,7 @@ function fail(line, why = sentences.undelivered) {
   }
   line.item.classList.remove("pending");
   line.item.classList.add("failed");
-  line.item.append(el("span", "state", why));
+  line.item.append(" ", el("span", "state", why));
 }
 
 function say(text) {
@@ -549,7 +549,8 @@ async function rejoin(s, restarting) {
       ui.line.disabled = ui.send.disabled = false;
       // A room made anew (by us, or by its host) numbers from the start:
       // what was said while the server was away is not in it.
-      const anew = complete.op === "create" || complete.seq < s.seq;
+      // (The same room has at least our JOINED after what we saw.)
+      const anew = complete.op === "create" || complete.seq <= s.seq;
       if (anew) {
         s.seen.clear();
         s.seq = 0;

@@ -73,6 +73,8 @@ export function refusal(op, room, name, response, hadPassword) {
       return hadPassword
         ? `That password is not right for room ${q(room)}.`
         : `Room ${q(room)} has a password. Type it in the password field and join again.`;
+    case 403:
+      return `You are banned from room ${q(room)}.`;
     case 404:
       return `There is no room called ${q(room)}. Check the spelling, or create it.`;
     case 409:

@@ -564,3 +564,48 @@ class ModerationTests(WebTestCase):
         old.send({"op": "history", "first": 1, "last": 1})
         e = await old.next_event()
         self.assertEqual((e["kind"], e["seq"], e["text"], e.get("resent")), ("history", 1, "hello", None))
+
+
+class RestartTests(WebTestCase):
+    async def test_a_page_served_12_is_told_to_come_back_when_the_daemon_stops(self):
+        self.start()
+        ann, _ = await ModerationTests.member12(self, "create", "Class", "ann")
+        old, _ = await self.member("join", "Class", "old")
+        lobby = await self.browser()
+        await ann.next_event()
+        await self.svc.stopService()
+        # The stop waited for every socket to finish closing: nothing is
+        # left in a buffer when the process exits.
+        for b in (ann, old, lobby):
+            self.assertIsNotNone(b.close_info)
+        self.assertEqual(lobby.close_info, (1000, "the server is stopping"))
+        closed = await ann.next_event()
+        self.assertEqual((closed["kind"], closed["text"]), ("closed", "the server is shutting down"))
+        self.assertEqual(await ann.wait_closed(), (4004, "the server is shutting down"))
+        # The 1.1 view, as before: the room is over.
+        self.assertEqual((await old.next_event())["kind"], "closed")
+        self.assertEqual((await old.wait_closed())[0], 4000)
+
+    async def test_a_room_kept_across_a_restart_lets_its_browsers_go_to_come_back(self):
+        # The room's host is a UDP member served 1.2: the room is kept; a
+        # browser cannot be carried over, so it leaves (LEFT to the rest)
+        # and its page is told to come back.
+        self.start()
+        self.assertIsNotNone(self.svc.keep_rooms)
+        status, complete = await self.ask(wire.CREATE_ROOM, "Kept", {"username": "host", "version": "1.2"})
+        self.assertEqual((status, complete["version"]), (200, "1.2"))
+        host = wire.Member(reactor, b"Kept", complete, ("127.0.0.1", complete["udp_port"]))
+        self.addCleanup(host.close)
+        host.heartbeat()
+        self.keep_alive(host)
+        bea, _ = await ModerationTests.member12(self, "join", "Kept", "bea")
+        old, _ = await self.member("join", "Kept", "old")
+        self.assertEqual((await bea.next_event())["kind"], "joined")
+        await self.svc.stopService()
+        closed = await bea.next_event()
+        self.assertEqual((closed["kind"], closed["text"]), ("closed", "the server is restarting"))
+        self.assertEqual((await bea.wait_closed())[0], 4004)
+        left = await old.next_event()  # bea went first, told to the rest
+        self.assertEqual((left["kind"], left["name"]), ("left", "bea"))
+        self.assertEqual((await old.next_event())["kind"], "closed")
+        self.assertEqual((await old.wait_closed())[0], 4000)

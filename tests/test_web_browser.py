@@ -432,6 +432,19 @@ class BrowserChatTests(ProcessTestCase):
     def test_pages_come_back_after_a_crash_and_the_host_makes_the_room_again(self) -> None:
         import signal
 
+        self.come_back_after(signal.SIGKILL, "The connection dropped. Reconnecting")
+
+    def test_pages_come_back_after_a_restart(self) -> None:
+        # SIGTERM: the daemon keeps only rooms a restart can carry (a UDP
+        # host's); this one's host is a page, so the room goes, and the
+        # pages are told the server is stopping (4004) and come back.
+        import signal
+
+        self.come_back_after(signal.SIGTERM, "The server is restarting. Reconnecting")
+        self.assertIn("The server is stopping or restarting; this page will reconnect when it is back.",
+                      self.log_lines(self.pages[1]))
+
+    def come_back_after(self, sig: int, said: str) -> None:
         self.start_daemon()
         ann = self.open_browser()
         self.fill(ann, password="pw")
@@ -439,12 +452,13 @@ class BrowserChatTests(ProcessTestCase):
         bob = self.open_browser()
         self.fill(bob, password="pw")
         self.join_page(bob, "bob", "Again")
+        self.pages = (ann, bob)
         self.say(bob, "before the crash")
         self.wait_line(ann, "bob: before the crash$", "the line before")
-        self.daemon.send_signal(signal.SIGKILL)  # a crash: nobody is told
+        self.daemon.send_signal(sig)
         self.daemon.wait(LIMIT)
         for driver in (ann, bob):
-            self.wait_for(lambda: "The connection dropped. Reconnecting" in self.notice(driver), "the drop said")
+            self.wait_for(lambda: said in self.notice(driver), lambda: f"{said!r}: {self.notice(driver)!r}")
         # The same daemon again (same data directory, so the same certificate), without the room.
         again = self.spawn("daemon2", [
             "-c", "from twisted.scripts.twistd import run; run()",

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from ocm.server.desk import Door, FrontDesk
 from ocm.web.headers import HandshakeHeaders
 from ocm.web.origin import OriginRule
-from ocm.server.rooms import Member, normalize_ip
+from ocm.server.rooms import CLOSED_RESTARTING, CLOSED_SHUTDOWN, Member, normalize_ip
 from ocm.wire import binding
 from ocm.wire.datagram import Event, EventKind
 from ocm.wire.names import name_key
@@ -40,7 +40,7 @@ CLOSE_ROOM_CLOSED = 4000  # the room closed: reason is the room's CLOSED text
 CLOSE_REMOVED = 4001  # the member was silent for the room timeout
 CLOSE_IDLE = 4002  # not in a room, and no request for a while
 CLOSE_KICKED = 4003  # (1.2) the host kicked or banned the member: reason is the event's text
-CLOSE_RESTARTING = 4004  # (1.2) the server is restarting and keeps the room
+CLOSE_RESTARTING = 4004  # (1.2) the server is stopping or restarting: join again when it is back
 CLOSE_MALFORMED = 4400  # after an error frame with status 400
 CLOSE_TOO_MANY = 4429  # refused frames past the address's request rate
 CLOSE_INTERNAL = 4500  # a bug on the server's side
@@ -94,6 +94,9 @@ class WebChatFactory(WebSocketServerFactory):
         self.origin_rule = origin_rule or OriginRule(tls=True, names=("localhost", "127.0.0.1", "::1"))
         self.behind_proxy = behind_proxy
         self.refusals: Counter[Any] = Counter()
+        # Open sockets, for drain() when the daemon stops.
+        self.sockets: set[ChatSocket] = set()
+        self._drained: list[defer.Deferred[None]] = []
         service = self.service
         self.setProtocolOptions(
             maxFramePayloadSize=max_payload,
@@ -140,6 +143,35 @@ class WebChatFactory(WebSocketServerFactory):
             if local:
                 return normalize_ip(last)
         return ip
+
+    def drain(self, limit: float = 1.5) -> defer.Deferred[None]:
+        """
+        When the daemon stops: close the sockets still in the lobby (1000)
+        and wait, at most C{limit} seconds, for every socket to finish
+        closing, so that a member's CLOSED and close code (4004: come
+        back) reach its page before the process exits instead of being
+        lost in a buffer.
+        """
+        for sock in list(self.sockets):
+            if sock.life is not SocketState.ENDED:
+                sock._end(CLOSE_NORMAL, "the server is stopping")
+        if not self.sockets:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drained.append(d)
+        timer = self.clock.callLater(limit, self._drain_done)
+        d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        return d
+
+    def closed(self, sock: "ChatSocket") -> None:
+        self.sockets.discard(sock)
+        if not self.sockets:
+            self._drain_done()
+
+    def _drain_done(self) -> None:
+        waiters, self._drained = self._drained, []
+        for d in waiters:
+            d.callback(None)
 
     @property
     def active(self) -> int:
@@ -193,6 +225,7 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
     def onOpen(self) -> None:
         if self.life is SocketState.CONNECTING:
             self.life = SocketState.LOBBY
+        self.factory.sockets.add(self)
         # The transport tells its producer when its buffer is full: after
         # the upgrade that is this socket, no longer twisted.web's channel.
         transport = self.transport
@@ -369,7 +402,13 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
             # A close reason is at most 123 bytes.
             reason = parsed.text.encode()[:120].decode("utf-8", "ignore")
             if parsed.kind == EventKind.CLOSED:
-                self._end(CLOSE_ROOM_CLOSED, reason or "the room closed")
+                # (1.2) A daemon that stops, or restarts keeping a room it
+                # cannot carry a browser over in: a page served 1.2 is told
+                # to come back (4004) rather than that the room is over.
+                stopping = parsed.text in (CLOSED_RESTARTING, CLOSED_SHUTDOWN)
+                numbered = self.member is not None and self.member.numbered
+                self._end(CLOSE_RESTARTING if stopping and numbered else CLOSE_ROOM_CLOSED,
+                          reason or "the room closed")
             elif parsed.kind in (EventKind.KICKED, EventKind.BANNED) and not parsed.resent and self._about_me(parsed):
                 # The room service has removed this member already.
                 self.member = None
@@ -442,6 +481,7 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
         if self._admitted:
             self._admitted = False
             self.factory.door.release(self.ip)
+        self.factory.closed(self)
 
     def _failed(self, failure: Any) -> None:
         self._log.failure("internal error answering {ip} (web)", failure, ip=self.ip)

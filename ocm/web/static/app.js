@@ -360,7 +360,9 @@ function onEvent(frame) {
       s.hostName = about;
       break;
     case "closed":
-      end(sentences.closed(s.room, frame.text));
+      // What it means comes with the socket's close code: over (4000), or
+      // the server stopping, to be joined again when it is back (4004).
+      s.closedText = frame.text;
       return;
   }
   const item = eventItem(frame);
@@ -487,6 +489,8 @@ function onClosed({ code, reason }) {
   if (s.reconnecting) return; // an attempt that failed: the loop below goes on
   if (code === CLOSE.roomClosed) {
     end(sentences.closed(s.room, reason));
+  } else if (code !== CLOSE.restarting && s.closedText !== undefined) {
+    end(sentences.closed(s.room, s.closedText));
   } else if (code === CLOSE.removed) {
     end(sentences.removed(s.room));
   } else if (code === CLOSE.kicked) {
@@ -503,6 +507,8 @@ function onClosed({ code, reason }) {
 
 async function reconnect(s, restarting) {
   s.reconnecting = true;
+  s.closedText = undefined;
+  if (restarting && !s.restarting) addLine(el("li", "event", sentences.restarting));
   try {
     await rejoin(s, restarting);
   } finally {

@@ -126,7 +126,7 @@ export const sentences = {
     : `Remove ${q(name)} from the room? They may join again.`,
   nowHost: "You are now the host: the room lives while you are in it, and you can moderate it from the member list.",
   kickedClose: (room, why) => `You were removed from room ${q(room)} by the host${why ? `: ${why}` : ""}.`,
-  restarting: "The server is restarting; this page will reconnect when it is back.",
+  restarting: "The server is stopping or restarting; this page will reconnect when it is back.",
   restartWait: (wait) => `The server is restarting. Reconnecting in ${seconds(wait)}…`,
   waitingHost: (wait) => `The room is not there (the server may have lost it); waiting for its host to create it again. Trying again in ${seconds(wait)}…`,
   madeAnew: (time, byUs) => `Back at ${time}, in the room ${byUs ? "created again by you" : "as its host created it again"}.`,

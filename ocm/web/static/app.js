@@ -211,6 +211,7 @@ function renderMembers() {
     return item;
   }));
   if (!host) ui.confirm.hidden = true;
+  ui.line.placeholder = s.muted.has(s.name) ? "You are muted by the host" : "";
 }
 
 // Remove and ban ask first, with a reason the others will read.

@@ -111,7 +111,6 @@ export const sentences = {
   waitingOld: (wait) => `Reconnecting: the server still holds your old connection. Trying again in ${seconds(wait)}…`,
   reconnected: "Reconnected. Anything you missed is shown above.",
   gaveUp: (room) => `Could not get back into room ${q(room)}. Join again when your connection is back.`,
-  hostDropped: (room) => `The connection dropped. You created room ${q(room)}, so it closed when you left.`,
   gone: (room) => `Room ${q(room)} is gone: its host left or the server restarted.`,
   closed: (room, why) => `Room ${q(room)} closed: ${why || "no reason given"}.`,
   removed: (room) => `You were away too long and were removed from room ${q(room)}. Join again to come back.`,

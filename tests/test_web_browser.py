@@ -264,7 +264,12 @@ class BrowserChatTests(ProcessTestCase):
                      "bob: welcome carol"):
             self.assertEqual(out.count(line), 1, f"{line!r} in {out}")
 
-        # The host leaves: the room closes for the other browser and the terminal.
+        # The host leaves: told first that the room will close, and offered
+        # the hand-over; then it closes for the other browser and the terminal.
+        self.by_id(alice, "leave").click()
+        self.wait_for(lambda: "leaving closes room “Lobby” for everyone" in self.notice(alice), "the warning")
+        self.assertEqual(self.by_id(alice, "leave").text, "Leave and close the room")
+        self.assertNotIn("closed", "\n".join(self.log_lines(carol)))
         self.by_id(alice, "leave").click()
         self.wait_for(lambda: "You left room “Lobby”." in self.notice(alice), "alice back in the lobby")
         self.wait_for(lambda: "Room “Lobby” closed: the host left." in self.notice(carol), "carol to see it close")

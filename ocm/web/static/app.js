@@ -359,6 +359,8 @@ function onEvent(frame) {
       break;
     case "host":
       s.hostName = about;
+      s.warned = false;
+      ui.leave.textContent = "Leave";
       break;
     case "closed":
       // What it means comes with the socket's close code: over (4000), or
@@ -463,6 +465,15 @@ function command(what, name, reason = "") {
 
 function leave() {
   const s = session;
+  // A host with others in the room is told first that leaving closes it,
+  // and offered to hand it over (as ocm-client does at /quit).
+  if (s && s.active && isHost(s) && s.members.length > 1 && !s.warned) {
+    s.warned = true;
+    notice(sentences.hostLeaving(s.room), "info");
+    ui.leave.textContent = "Leave and close the room";
+    ui.leave.focus();
+    return;
+  }
   if (s && s.active) {
     s.active = false;
     for (const line of s.pending.values()) clearTimeout(line.timer);

@@ -115,6 +115,7 @@ export const sentences = {
   closed: (room, why) => `Room ${q(room)} closed: ${why || "no reason given"}.`,
   removed: (room) => `You were away too long and were removed from room ${q(room)}. Join again to come back.`,
   internal: "The server had an internal error. Join the room again.",
+  hostLeaving: (room) => `You are the host: leaving closes room ${q(room)} for everyone. To keep it open, make someone host first (Make host, in the member list); or press Leave again.`,
   left: (room) => `You left room ${q(room)}.`,
   leftWithPage: (room) => `You left room ${q(room)} when you left this page. Join again to come back.`,
   undelivered: "not delivered",

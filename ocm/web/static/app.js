@@ -179,6 +179,7 @@ function attach(complete, markerText, since) {
   }
   s.seq = Math.max(s.seq, complete.seq);
   s.asked = s.seq;
+  s.base = complete.seq; // what COMPLETE's member list already counts
 }
 
 const isHost = (s) => s.hostName === s.name;
@@ -260,8 +261,16 @@ function addEarlier(frame) {
     : eventItem(frame, "event missed");
   if (session.earlier && !session.earlier.isConnected) ui.log.insertBefore(session.earlier, session.marker);
   let before = session.marker;
-  while (before.previousElementSibling && Number(before.previousElementSibling.dataset.seq || 0) > frame.seq) {
-    before = before.previousElementSibling;
+  if (frame.seq > session.base) {
+    // A gap of this membership, repaired: in seq order after the marker.
+    before = null;
+    for (let node = ui.log.lastElementChild; node && node !== session.marker; node = node.previousElementSibling) {
+      if (Number(node.dataset.seq || 0) > frame.seq) before = node;
+    }
+  } else {
+    while (before.previousElementSibling && Number(before.previousElementSibling.dataset.seq || 0) > frame.seq) {
+      before = before.previousElementSibling;
+    }
   }
   ui.log.insertBefore(item, before);
   session.seen.set(frame.seq, item);

@@ -59,6 +59,7 @@ class OcmService(service.MultiService):
         web: tuple[StreamListener, WebChatFactory] | None = None,
         metrics_endpoint: IStreamServerEndpoint | None = None,
         tls: bool = True,
+        admin: StreamListener | None = None,
     ) -> None:
         super().__init__()
         self.rooms = rooms
@@ -83,6 +84,10 @@ class OcmService(service.MultiService):
         if web is not None:
             self.web_listener, self.web_chat = web
             self.chat_listeners.append(self.web_listener)
+        # The operator's admin socket (ocm-admin): bound last, stopped first.
+        self.admin_listener = admin
+        if admin is not None:
+            self.chat_listeners.append(admin)
         self.metrics_listener: StreamListener | None = None
         for child in self.chat_listeners:
             child.setServiceParent(self)

@@ -141,6 +141,8 @@ def parse_request(line: bytes) -> Request:
     if not isinstance(body, dict):
         raise AdminError(BAD_REQUEST, "a request is one JSON object on one line")
     cmd = body.get("cmd")
+    if cmd is None:
+        raise AdminError(BAD_REQUEST, "the request names no command (cmd)")
     if not isinstance(cmd, str) or cmd not in COMMANDS:
         raise AdminError(BAD_REQUEST, f"unknown command {str(cmd)[:40]!r}")
     required, optional = COMMANDS[cmd]

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("wire", ("ocm.wire.", "ocm.admin.protocol")),
     ("core", ("ocm.server.limits", "ocm.server.bans", "ocm.server.replay", "ocm.server.sends",
               "ocm.server.history", "ocm.server.moderation", "ocm.server.tombstones", "ocm.server.passwords", "ocm.server.hashing", "ocm.server.tls",
-              "ocm.server.rooms", "ocm.cluster.url", "ocm.cluster.store")),
+              "ocm.server.rooms", "ocm.server.state", "ocm.cluster.url", "ocm.cluster.store")),
     ("desk", ("ocm.server.desk", "ocm.cluster.directory")),
     ("listeners", ("ocm.server.tcrp_server", "ocm.server.relay", "ocm.server.listeners",
                    "ocm.web.", "ocm.irc.", "ocm.admin.server")),

@@ -42,6 +42,10 @@ STATS = (
     ("history_request", "ocm_history_requests_total", "HISTORY requests served."),
     ("history_event", "ocm_history_events_total", "HISTORY events sent in answer to them."),
     ("expired", "ocm_history_expired_total", "EXPIRED events sent (a HISTORY range older than the room keeps)."),
+    ("pong", "ocm_pongs_total", "PONGs sent in answer to 1.2 members' heartbeats."),
+    ("tombstone", "ocm_tombstone_answers_total",
+     "Removed 1.2 members answered with the event that removed them (tombstones)."),
+    ("command", "ocm_commands_total", "Moderation COMMANDs carried out or refused (retransmissions not counted)."),
 )
 # Join durations on loopback are milliseconds; with a password hash or a
 # slow link, up to the request timeout.

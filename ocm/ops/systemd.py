@@ -98,3 +98,57 @@ class Notifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+# -- socket activation ---------------------------------------------------------
+
+
+def inherited() -> Any:
+    """
+    The sockets systemd passed this process. Twisted reads (and, against a
+    second reader, clears) C{$LISTEN_FDS} once, when its endpoints module
+    is imported, for its own C{systemd:} endpoints: this is that reading, so
+    both agree.
+    """
+    from twisted.internet.endpoints import _SystemdParser
+
+    return _SystemdParser._sddaemon
+
+
+def inherited_fd(spec: str, fds: Any = None) -> int:
+    """
+    The descriptor a C{systemd:index=N} or C{systemd:name=NAME} spec names
+    among those systemd passed (C{$LISTEN_FDS}, C{$LISTEN_FDNAMES}, for
+    this very process: C{$LISTEN_PID}); L{ValueError} saying why not.
+    """
+    fields = dict(part.split("=", 1) for part in spec.split(":")[1:] if "=" in part)
+    fds = inherited() if fds is None else fds
+    if "name" in fields:
+        named = fds.inheritedNamedDescriptors()
+        if fields["name"] not in named:
+            raise ValueError(f"systemd passed no socket named {fields['name']!r} "
+                             f"(names: {', '.join(named) or 'none'})")
+        return named[fields["name"]]
+    if "index" in fields:
+        descriptors = fds.inheritedDescriptors()
+        try:
+            return descriptors[int(fields["index"])]
+        except (ValueError, IndexError):
+            raise ValueError(f"systemd passed {len(descriptors)} sockets, so no index {fields['index']!r}")
+    raise ValueError("give systemd:index=N or systemd:name=NAME")
+
+
+def socket_family(fd: int) -> int:
+    """The address family of an inherited socket (it stays open)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.family
+    finally:
+        sock.detach()
+
+
+def domain_name(fd: int) -> str:
+    """Twisted's C{systemd:} endpoint's C{domain=} for the socket C{fd}."""
+    return {socket.AF_INET: "INET", socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}.get(
+        socket_family(fd), "INET"
+    )

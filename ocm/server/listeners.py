@@ -5,6 +5,8 @@ metrics) or the UDP socket, each a child of the daemon's C{MultiService}.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from twisted.application import internet, service
@@ -62,7 +64,8 @@ class DatagramListener(service.Service):
 
     port: Any = None
 
-    def __init__(self, port: int, protocol: DatagramProtocol, interface: str, reactor: Any) -> None:
+    def __init__(self, port: int | tuple[str, int], protocol: DatagramProtocol, interface: str, reactor: Any) -> None:
+        """C{port}: a number to bind, or C{("fd", n)}: a socket systemd passed (socket activation)."""
         self.setName("udp")
         self.number = port
         self.protocol = protocol
@@ -71,9 +74,23 @@ class DatagramListener(service.Service):
 
     def privilegedStartService(self) -> None:
         if self.port is None:
-            self.port = self.reactor.listenUDP(
-                self.number, self.protocol, interface=self.interface, maxPacketSize=8192
-            )
+            if isinstance(self.number, tuple):
+                fd = self.number[1]
+                # systemd passes sockets blocking unless told NonBlocking=;
+                # the reactor's read loop must never wait on one.
+                os.set_blocking(fd, False)
+                family = socket.socket(fileno=fd)
+                try:
+                    af = family.family
+                finally:
+                    family.detach()
+                # Adopted, not bound: datagrams sent while no daemon ran
+                # waited in this socket's queue, and are served now.
+                self.port = self.reactor.adoptDatagramPort(fd, af, self.protocol, maxPacketSize=8192)
+            else:
+                self.port = self.reactor.listenUDP(
+                    self.number, self.protocol, interface=self.interface, maxPacketSize=8192
+                )
             enlarge_buffers(self.port.socket)
         super().privilegedStartService()
 

@@ -101,6 +101,8 @@ HISTORY_PER_TOKEN = 10
 CLOSED_HOST_LEFT = "the host left"
 CLOSED_HOST_TIMED_OUT = "the host timed out"
 CLOSED_SHUTDOWN = "the server is shutting down"
+CLOSED_RESTARTING = "the server is restarting"
+RESTARTING_TEXT = "the server is restarting and keeps this room; stay here"
 # The text of an event the daemon's operator caused (ocm-admin), before its reason.
 OPERATOR = "the server's operator"
 
@@ -231,6 +233,7 @@ class RoomService:
         # the event that removed them.
         self.tombstones = Tombstones()
         self.pongs = 0
+        self.frozen = False  # stopping: nothing more is served or sent
         self.tombstone_answers = 0
         self.commands = 0
         self.drops: Counter[str] = Counter()
@@ -253,13 +256,60 @@ class RoomService:
         # Sweep often enough that nobody outlives the timeout by more than a
         # tenth of it (and by at most a second).
         interval = max(0.05, min(1.0, self.timeout / 10))
+        self.frozen = False
         self._sweeper.start(interval, now=False)
 
-    def stop(self) -> None:
+    def stop(self, keep: bool = False) -> None:
+        """
+        Close every room (CLOSED to all), or with C{keep} (1.2) keep every
+        room whose host is a UDP member served 1.2: its members that a
+        restart cannot carry over (1.1 clients, browsers) get CLOSED and
+        leave (LEFT, numbered, to the rest), and the others RESTARTING.
+        Either way nothing is sent after this (L{freeze}).
+        """
         if self._sweeper.running:
             self._sweeper.stop()
         for room in list(self.rooms.values()):
-            self._close(room, CLOSED_SHUTDOWN)
+            host = room.host
+            if not keep or host is None or host.transport is not None or not host.numbered:
+                self._close(room, CLOSED_SHUTDOWN)
+                continue
+            time_ms = int(self.clock.seconds() * 1000)
+            for m in list(room.members.values()):
+                if m.transport is None and m.numbered:
+                    continue
+                self._send_to(m, encode_event(EventKind.CLOSED, 0, time_ms, host.name_bytes,
+                                              CLOSED_RESTARTING.encode()))
+                del room.members[name_key(m.name)]
+                self._forget(m)
+                self._broadcast(room, EventKind.LEFT, 0, m.name_bytes, b"")
+            restarting = encode_event(EventKind.RESTARTING, room.events, time_ms, b"", RESTARTING_TEXT.encode())
+            for m in room.members.values():
+                self._send_to(m, restarting)
+        self.freeze()
+
+    def freeze(self) -> None:
+        """
+        Send nothing more and serve nothing more (the daemon is stopping):
+        a server nonce counter saved for a restart must be the last used.
+        """
+        self.frozen = True
+        self.send = lambda data, address: None
+
+    def adopt(self, room: Room, member: Member) -> None:
+        """Put back a member restored from a saved state (ocm.server.state): no event."""
+        room.members[name_key(member.name)] = member
+        self.member_count += 1
+        self.members_by_address[member.limit_key] += 1
+        if member.numbered:
+            room.numbered += 1
+        self.tokens[member.token.encode()] = member
+
+    def disown(self, member: Member) -> None:
+        """Undo L{adopt} (a restored room that cannot live): no event."""
+        if member.room.members.get(name_key(member.name)) is member:
+            del member.room.members[name_key(member.name)]
+            self._forget(member)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -275,6 +325,9 @@ class RoomService:
             "history_request": self.history_requests,
             "history_event": self.history_events,
             "expired": self.expired,
+            "pong": self.pongs,
+            "tombstone": self.tombstone_answers,
+            "command": self.commands,
         }
 
     # -- TCRP side ----------------------------------------------------------
@@ -394,6 +447,9 @@ class RoomService:
         as much as a line of this.
         """
         self.received += 1
+        if self.frozen:
+            self.drops["stopping"] += 1
+            return
         try:
             envelope = parse_envelope(data)
             member = self.tokens.get(envelope.token)

@@ -8,6 +8,7 @@ front desk, started and stopped in the right order.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
@@ -20,12 +21,14 @@ from ocm.ops.systemd import Notifier
 from ocm.server.desk import FrontDesk
 from ocm.server.hashing import HashPool
 from ocm.server.listeners import DatagramListener, StreamListener
+from ocm.server import state
 from ocm.server.relay import Relay
 from ocm.server.rooms import RoomService
 from ocm.server.tcrp_server import TCRPFactory
 
 if TYPE_CHECKING:
     from ocm.cluster.directory import Directory
+    from ocm.irc.listener import IRCFactory
     from ocm.web.chat import WebChatFactory
 
 
@@ -48,7 +51,7 @@ class OcmService(service.MultiService):
         desk: FrontDesk,
         tcrp: TCRPFactory,
         tcrp_listener: StreamListener,
-        udp_port: int,
+        udp_port: int | tuple[str, int],
         interface: str,
         reactor: Any,
         *,
@@ -57,8 +60,10 @@ class OcmService(service.MultiService):
         directory: Directory | None = None,
         notifier: Notifier | None = None,
         web: tuple[StreamListener, WebChatFactory] | None = None,
+        irc: tuple[StreamListener, IRCFactory] | None = None,
         metrics_endpoint: IStreamServerEndpoint | None = None,
         tls: bool = True,
+        keep_rooms: Path | None = None,
         admin: StreamListener | None = None,
     ) -> None:
         super().__init__()
@@ -67,6 +72,9 @@ class OcmService(service.MultiService):
         self.directory = directory
         self.tcrp = tcrp
         self.tls = tls
+        # --keep-rooms: where rooms are saved at stop and restored at start.
+        self.keep_rooms = keep_rooms
+        self._restored = False
         self.relay = Relay(rooms)
         self._minutely = LoopingCall(self.minutely)
         self._minutely.clock = reactor
@@ -84,6 +92,11 @@ class OcmService(service.MultiService):
         if web is not None:
             self.web_listener, self.web_chat = web
             self.chat_listeners.append(self.web_listener)
+        self.irc_factory: IRCFactory | None = None
+        self.irc_listener: StreamListener | None = None
+        if irc is not None:
+            self.irc_listener, self.irc_factory = irc
+            self.chat_listeners.append(self.irc_listener)
         # The operator's admin socket (ocm-admin): bound last, stopped first.
         self.admin_listener = admin
         if admin is not None:
@@ -122,6 +135,8 @@ class OcmService(service.MultiService):
     # -- life -------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
+        # Before any listener: a CREATE must not take a kept room's name.
+        self._restore()
         started: list[service.IService] = []
         try:
             for child in self:
@@ -132,6 +147,24 @@ class OcmService(service.MultiService):
                 child.stopService()
             raise
         service.Service.privilegedStartService(self)
+
+    def _restore(self) -> None:
+        if self.keep_rooms is None or self._restored:
+            return
+        self._restored = True
+        now = self.reactor.seconds()
+        try:
+            saved = state.take(self.keep_rooms, now)
+        except (state.StateError, OSError) as e:
+            self.log.warn("saved rooms not restored: {why}", why=str(e))
+            return
+        if saved is None:
+            return
+        rooms, members = state.restore(self.rooms, saved, now)
+        self.log.info(
+            "restored {rooms} rooms with {members} members, saved {age:.1f} s ago",
+            rooms=rooms, members=members, age=now - saved["saved_at"],
+        )
 
     def startService(self) -> None:
         self.privilegedStartService()
@@ -196,6 +229,8 @@ class OcmService(service.MultiService):
         counts.update({f"request {k}": v for k, v in self.tcrp.refusals.items()})
         if self.web_chat is not None:
             counts.update({f"web {k}": v for k, v in self.web_chat.refusals.items()})
+        if self.irc_factory is not None:
+            counts.update({f"irc {k}": v for k, v in self.irc_factory.refusals.items()})
         return counts
 
     @defer.inlineCallbacks
@@ -206,8 +241,11 @@ class OcmService(service.MultiService):
         self.notifier.notify("STOPPING=1", "STATUS=closing rooms")
         if self._minutely.running:
             self._minutely.stop()
-        # CLOSED goes out while the UDP socket is still open.
-        self.rooms.stop()
+        # CLOSED, or RESTARTING, goes out while the UDP socket is still open;
+        # then the kept rooms are saved, and nothing more is sent.
+        self.rooms.stop(keep=self.keep_rooms is not None)
+        if self.keep_rooms is not None:
+            self._save()
         if self.hashing is not None:
             self.hashing.stop()
         waits = []
@@ -221,6 +259,18 @@ class OcmService(service.MultiService):
             # /healthz says 503 until the chat ports are closed, then goes too.
             if self.metrics_listener is not None:
                 yield self.metrics_listener.stopService()
+
+
+    def _save(self) -> None:
+        try:
+            rooms, members = state.save(self.rooms, self.keep_rooms, self.reactor.seconds())
+        except OSError as e:
+            self.log.error("could not save the rooms for the restart: {why}", why=str(e))
+            return
+        if rooms:
+            self.log.info("saved {rooms} rooms with {members} members for the restart",
+                          rooms=rooms, members=members)
+        self._restored = False
 
 
 def _where(port: IListeningPort | None) -> str:

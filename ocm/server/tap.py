@@ -6,6 +6,7 @@ Shaped like Twisted Names' tap: one room service handed to both listeners.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ from ocm.server.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
 from ocm.server.desk import DEFAULT_MEMBERS_PER_ADDRESS, DEFAULT_ROOMS_PER_ADDRESS, FrontDesk
 from ocm.server.rooms import RoomService
 from ocm.server.service import OcmService, StreamListener
+from ocm.ops import systemd
 from ocm.ops.systemd import Notifier
 from ocm.server.tcrp_server import TCRPFactory
 from ocm.web import daemon as web
+from ocm.irc import listener as irc
 
 log = Logger()
 
@@ -58,6 +61,19 @@ def _endpoint(option: str, value: str, interface: str) -> str:
     value = value.strip()
     if not value:
         raise usage.UsageError(f"--{option}: give a port number or an endpoint string")
+    if value.startswith("systemd:") and "domain=" not in value:
+        # Socket activation: the family is the inherited socket's own.
+        try:
+            fd = systemd.inherited_fd(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{option}: {e}")
+        value += f":domain={systemd.domain_name(fd)}"
+    if value.startswith("systemd:"):
+        try:
+            # The reactor's accept loop must never wait on a blocking socket.
+            os.set_blocking(systemd.inherited_fd(value), False)
+        except (ValueError, OSError):
+            pass  # Twisted's own parse below says what is wrong
     if value.isdigit():
         if not 0 <= int(value) <= 65535:
             raise usage.UsageError(f"--{option}: port {value} is not between 0 and 65535")
@@ -93,7 +109,9 @@ class Options(usage.Options):
         ["tcp", "t", "9001",
          "TCRP listener: a port number, or a Twisted server endpoint string "
          "such as tcp:9001:interface=127.0.0.1 (TLS is added unless --no-tls)."],
-        ["udp", "u", "9002", "UDP port for chat.", _number("udp", int, 0, 65535)],
+        ["udp", "u", "9002",
+         "UDP port for chat, or systemd:index=N or systemd:name=NAME for a socket systemd "
+         "passes (socket activation: contrib/systemd/ocm.socket)."],
         ["interface", "i", "", "Address to bind to (default: all IPv4 addresses)."],
         ["timeout", None, "60",
          "Seconds of silence after which a member is removed.", _number("timeout", float, 0.5, 86400)],
@@ -199,13 +217,18 @@ class Options(usage.Options):
          "The operator's admin socket (ocm-admin), a Unix socket path (default: admin.sock in --data-dir)."],
         ["admin-group", None, None,
          "A group whose members may use the admin socket too (it is then 0660, not 0600)."],
+        *irc.OPTIONS,
     ]
     optFlags = [
         ["no-admin", None, "Open no admin socket (ocm-admin cannot reach this daemon)."],
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
+        ["no-keep-rooms", None,
+         "Close every room when the daemon stops, instead of saving the rooms 1.2 clients are in "
+         "(in --data-dir, mode 0600) and restoring them when it starts again within --timeout."],
         ["web-no-tls", None,
          "Serve the page over plain HTTP, only on a loopback address or a Unix socket, "
          "for a reverse proxy that adds TLS (its X-Forwarded-For is trusted)."],
+        *irc.FLAGS,
     ]
 
     def postOptions(self) -> None:
@@ -217,6 +240,7 @@ class Options(usage.Options):
                 except ValueError as e:
                     raise usage.UsageError(str(e))
         self["tcp-endpoint"] = _endpoint("tcp", self["tcp"], self["interface"])
+        self._udp_option()
         if self["web"] is not None:
             web.need_autobahn()
             # Plain HTTP on a bare port stays on loopback, for a local proxy.
@@ -227,11 +251,14 @@ class Options(usage.Options):
         elif self["web-no-tls"]:
             raise usage.UsageError("--web-no-tls goes with --web")
         self["web-origin-set"] = web.parse_origins(self["web-origin"])
+        irc.check_options(self)
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
-        if self["no-tls"] and self["tls-cert"] and (self["web"] is None or self["web-no-tls"]):
+        if self["no-tls"] and self["tls-cert"] and (self["web"] is None or self["web-no-tls"]) and (
+            self["irc"] is None or self["irc-no-tls"]
+        ):
             raise usage.UsageError("--no-tls: a certificate was also given; choose one")
         for option in ("tls-cert", "tls-key"):
             path = self[option]
@@ -262,6 +289,23 @@ class Options(usage.Options):
             log.warn("no admin socket: {why}; give --admin a shorter path", why=e)
             return
         self["admin-path"] = path
+
+    def _udp_option(self) -> None:
+        value = str(self["udp"]).strip()
+        self["udp-fd"] = None
+        if value.startswith("systemd:"):
+            try:
+                self["udp-fd"] = systemd.inherited_fd(value)
+            except ValueError as e:
+                raise usage.UsageError(f"--udp: {e}")
+            if systemd.socket_family(self["udp-fd"]) not in (socket.AF_INET, socket.AF_INET6):
+                raise usage.UsageError("--udp: the socket systemd passed is not an IP socket")
+            self["udp"] = 0
+            return
+        try:
+            self["udp"] = _number("udp", int, 0, 65535)(value)
+        except ValueError as e:
+            raise usage.UsageError(str(e))
 
     def _cluster_options(self) -> None:
         if self["redis"] is None:
@@ -359,7 +403,11 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
     tls_options = None
     if config["no-tls"]:
         banner.append("TLS is OFF: TCRP (tokens and keys included) travels in clear text")
-    if not config["no-tls"] or (config["web"] is not None and not config["web-no-tls"]):
+    fp = None
+    if (
+        not config["no-tls"] or (config["web"] is not None and not config["web-no-tls"])
+        or (config["irc"] is not None and not config["irc-no-tls"])
+    ):
         if config["tls-cert"]:
             cert_pem = Path(config["tls-cert"]).read_bytes()
             key_pem = Path(config["tls-key"]).read_bytes()
@@ -390,6 +438,12 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
             "web chat page: " + ("plain HTTP, for a reverse proxy" if config["web-no-tls"] else "HTTPS")
             + f" on {config['web-endpoint']}"
         )
+    irc_listener = None
+    if config["irc"] is not None:
+        irc_listener = irc.make_listener(
+            config, desk, reactor, None if config["irc-no-tls"] else tls_options, fp
+        )
+        banner.append(("IRC in plain text" if config["irc-no-tls"] else "IRC over TLS") + f" on {config['irc-endpoint']}")
     metrics_endpoint = None
     if config["metrics"]:
         metrics_endpoint = endpoints.serverFromString(reactor, config["metrics"])
@@ -397,10 +451,12 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
     if config.get("admin-path"):
         admin_listener = admin.make_listener(config["admin-path"], rooms, desk, reactor, config["admin-gid"])
     return OcmService(
-        rooms, desk, tcrp, StreamListener("tcrp", endpoint, factory), config["udp"], config["interface"],
+        rooms, desk, tcrp, StreamListener("tcrp", endpoint, factory),
+        config["udp"] if config.get("udp-fd") is None else ("fd", config["udp-fd"]), config["interface"],
         reactor, banner=banner, hashing=hashing, directory=directory,
-        notifier=Notifier.from_environ(environ), web=web_listener, metrics_endpoint=metrics_endpoint,
+        notifier=Notifier.from_environ(environ), web=web_listener, irc=irc_listener, metrics_endpoint=metrics_endpoint,
         tls=not config["no-tls"], admin=admin_listener,
+        keep_rooms=None if config["no-keep-rooms"] else Path(config["data-dir"]),
     )
 
 

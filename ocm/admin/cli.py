@@ -91,7 +91,10 @@ def ask(path: str, line: bytes, timeout: float) -> Any:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(line)
+        try:
+            sock.sendall(line)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused at accept: the refusal waits to be read
         chunks: list[bytes] = []
         size = 0
         while True:

@@ -481,7 +481,9 @@ class AdminListener(StreamListener):
 
     def startService(self) -> None:
         super().startService()
-        self.admin_factory.admin.daemon = self.parent
+        admin = self.admin_factory.admin
+        admin.daemon = self.parent
+        admin.started = admin.clock.seconds()
         log.info("ocm-admin socket at {path}", path=self.path)
 
 

@@ -137,6 +137,63 @@ class RoundTripTests(Fixture):
         old.events()
 
 
+class Resumable(Browser):
+    resumable = True
+
+
+class ResumeTests(Fixture):
+    """A browser member (1.2) kept across a restart, back as the same member when its page reconnects."""
+
+    def room(self):
+        s = self.service
+        alice = self.peer(s.create_room("Lobby", "alice", "10.0.0.1", None, version="1.2"), 5000)
+        page = Resumable()
+        bea = s.join_room("Lobby", "bea", "10.0.0.5", transport=page, version="1.2")
+        secret = s.joined_body(bea)["resume"]
+        alice.events()
+        return alice, page, secret
+
+    def test_a_browser_resumes_as_the_same_member(self):
+        alice, page, secret = self.room()
+        events = self.service.rooms["lobby"].events
+        self.restart()
+        room = self.service.rooms["lobby"]
+        self.assertEqual(sorted(room.members), ["alice", "bea"])
+        self.assertEqual([e.kind for e in page.events], [K.RESTARTING])
+        self.assertEqual(alice.events()[-1].kind, K.RESTARTING)
+        back = Resumable()
+        member = self.service.resume("Lobby", "bea", secret, "10.0.0.5", back)
+        self.assertEqual((member.name, room.events), ("bea", events))
+        alice.send(send(1, "welcome back"))
+        self.assertEqual([(e.kind, e.text) for e in back.events], [(K.MESSAGE, "welcome back")])
+        # A new secret for the next restart; the old one is spent.
+        self.assertNotEqual(self.service.joined_body(member)["resume"], secret)
+
+    def test_only_its_own_page_from_its_own_address_resumes_it(self):
+        alice, page, secret = self.room()
+        self.restart()
+        for args, status in (
+            (("Lobby", "bea", "wrong", "10.0.0.5"), Status.UNAUTHORIZED),
+            (("Lobby", "bea", secret, "10.9.9.9"), Status.FORBIDDEN),
+            (("Lobby", "alice", secret, "10.0.0.1"), Status.NOT_FOUND),  # a UDP member: nothing to resume
+            (("Lobby", "nobody", secret, "10.0.0.5"), Status.NOT_FOUND),
+        ):
+            with self.assertRaises(Exception) as refused:
+                self.service.resume(*args, Resumable())
+            self.assertEqual(refused.exception.status, status, args)
+
+    def test_a_page_that_never_comes_back_times_out(self):
+        alice, page, secret = self.room()
+        self.restart()
+        self.service.start()
+        self.addCleanup(self.service._sweeper.stop)
+        for _ in range(7):
+            self.clock.advance(10)
+            alice.send(HEARTBEAT)
+        self.assertIn((K.TIMED_OUT, "bea"), [(e.kind, e.name) for e in alice.events()])
+        self.assertEqual(sorted(self.service.rooms["lobby"].members), ["alice"])
+
+
 class NonceTests(Fixture):
     """docs/security.md, "No nonce twice": each test is one way a counter could go back."""
 

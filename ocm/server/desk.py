@@ -226,6 +226,15 @@ class FrontDesk:
         )
         return Answer(member, service.joined_body(member))
 
+    def resume(self, room: str, username: str, secret: str, ip: str, transport: MemberTransport) -> Answer:
+        """
+        A member kept across a restart whose transport is back (a browser's
+        socket, protocol 1.2): the same member over C{transport}, or the
+        L{ProtocolError} a JOIN would get. The listener charges the request.
+        """
+        member = self.service.resume(room, username, secret, ip, transport)
+        return Answer(member, self.service.joined_body(member))
+
     def _check_shares(self, op: Op, ip: str) -> None:
         """One address's share of the rooms and of the members (issue 20)."""
         key = address_key(ip)

@@ -20,6 +20,8 @@ and L{RoomService.leave}, under the same rules as datagrams.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import struct
 from collections import Counter
@@ -125,7 +127,7 @@ class Member:
     __slots__ = (
         "aead", "address", "sent", "name", "name_bytes", "room", "token", "key",
         "ip", "window", "last_seen", "bucket", "sends", "transport", "version", "limit_key",
-        "numbered", "muted", "joined_at",
+        "numbered", "muted", "joined_at", "resume",
     )
 
     def __init__(
@@ -153,6 +155,9 @@ class Member:
         self.muted = False  # 1.2: what it says is refused
         self.limit_key = address_key(self.ip)  # what its address's shares count
         self.joined_at = now
+        # 1.2, a member whose transport can come back (a browser's socket):
+        # the digest of the secret it resumes with after a restart.
+        self.resume = b""
 
     @property
     def is_host(self) -> bool:
@@ -160,6 +165,26 @@ class Member:
 
     def __repr__(self) -> str:
         return f"<Member {self.name!r} of {self.room.name!r}>"
+
+
+class Detached:
+    """
+    The transport of a member restored after a restart whose own (a
+    browser's socket) is not back yet: nothing reaches it until it resumes
+    (L{RoomService.resume}); what it missed it asks for with HISTORY.
+    """
+
+    resumable = True
+
+    def deliver(self, event: Event) -> None:
+        pass
+
+
+DETACHED = Detached()
+
+
+def resume_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
 
 
 class Room:
@@ -271,12 +296,12 @@ class RoomService:
             self._sweeper.stop()
         for room in list(self.rooms.values()):
             host = room.host
-            if not keep or host is None or host.transport is not None or not host.numbered:
+            if not keep or host is None or not keepable(host):
                 self._close(room, CLOSED_SHUTDOWN)
                 continue
             time_ms = int(self.clock.seconds() * 1000)
             for m in list(room.members.values()):
-                if m.transport is None and m.numbered:
+                if keepable(m):
                     continue
                 self._send_to(m, encode_event(EventKind.CLOSED, 0, time_ms, host.name_bytes,
                                               CLOSED_RESTARTING.encode()))
@@ -303,7 +328,10 @@ class RoomService:
         self.members_by_address[member.limit_key] += 1
         if member.numbered:
             room.numbered += 1
-        self.tokens[member.token.encode()] = member
+        if member.transport is None:
+            self.tokens[member.token.encode()] = member
+        else:
+            room.others.append(member)
 
     def disown(self, member: Member) -> None:
         """Undo L{adopt} (a restored room that cannot live): no event."""
@@ -417,7 +445,30 @@ class RoomService:
             # 1.2: who hosts, and who is muted, so the member list is whole.
             body["host_name"] = room.host.name if room.host is not None else ""
             body["muted"] = [m.name for m in room.members.values() if m.muted]
+            secret = self._resume_secret(member)
+            if secret is not None:
+                body["resume"] = secret
         return body
+
+    def resume(self, room_name: str, username: str, secret: str, ip: str, transport: MemberTransport) -> Member:
+        """
+        A restored member's transport is back (a browser reconnected after
+        a restart): the same member, with the same seq behind it, over
+        C{transport}. Refused as a JOIN would be if there is no such member
+        waiting, or the secret or the address is not its own.
+        """
+        room = self.room_for_join(room_name)
+        member = room.members.get(name_key(username))
+        if member is None or member.transport is not DETACHED or not member.resume:
+            raise ProtocolError(Status.NOT_FOUND, f"{username!r} is not waiting in room {room.name!r}")
+        if not hmac.compare_digest(resume_digest(secret), member.resume):
+            raise ProtocolError(Status.UNAUTHORIZED, "that is not your membership")
+        if address_key(normalize_ip(ip)) != member.limit_key:
+            raise ProtocolError(Status.FORBIDDEN, "a membership resumes from the address it joined from")
+        member.transport = transport
+        member.last_seen = self.clock.seconds()
+        self.log.info("{user!r} is back in room {room!r} after the restart", user=member.name, room=room.name)
+        return member
 
     def _add(
         self, room: Room, username: str, ip: str, transport: MemberTransport | None = None,
@@ -436,6 +487,14 @@ class RoomService:
         else:
             room.others.append(member)
         return member
+
+    def _resume_secret(self, member: Member) -> str | None:
+        """A new secret for a 1.2 member whose transport can resume after a restart."""
+        if not (member.numbered and getattr(member.transport, "resumable", False)):
+            return None
+        secret = secrets.token_urlsafe(18)
+        member.resume = resume_digest(secret)
+        return secret
 
     # -- UDP side -----------------------------------------------------------
 
@@ -521,15 +580,8 @@ class RoomService:
 
     def _say(self, member: Member, text: bytes, msg_id: int) -> None:
         """SEND: relay a new msg_id once and ECHO it; ECHO a repeat again."""
-        sends = member.sends
+        sends = self._new_msg_id(member, msg_id)
         if sends is None:
-            sends = member.sends = SendWindow()
-        seq = sends.check(msg_id)
-        if seq == STALE:
-            raise DatagramError("stale")
-        if seq != NEW:
-            self.duplicates += 1
-            self._answer_again(member, sends, msg_id, seq)
             return
         if member.muted:
             self._refuse(member, sends, msg_id, "you are muted in this room")
@@ -540,6 +592,24 @@ class RoomService:
         seq = room.seq
         event_seq = self._broadcast(room, _MESSAGE, seq, member.name_bytes, text, member, msg_id)
         sends.record(msg_id, event_seq if member.numbered else seq)
+
+    def _new_msg_id(self, member: Member, msg_id: int) -> SendWindow | None:
+        """
+        The member's SEND window if C{msg_id} (a SEND's or a COMMAND's: one
+        sequence) is new; a repeat is answered again here (None), one too
+        old is dropped.
+        """
+        sends = member.sends
+        if sends is None:
+            sends = member.sends = SendWindow()
+        seq = sends.check(msg_id)
+        if seq == STALE:
+            raise DatagramError("stale")
+        if seq != NEW:
+            self.duplicates += 1
+            self._answer_again(member, sends, msg_id, seq)
+            return None
+        return sends
 
     def _answer_again(self, member: Member, sends: SendWindow, msg_id: int, seq: int) -> None:
         """A retransmitted SEND or COMMAND: the same ECHO, or the same REFUSED, again."""
@@ -896,15 +966,8 @@ class RoomService:
         """COMMAND: act once per msg_id, answered with ECHO (the event's seq) or REFUSED."""
         if not member.numbered:
             raise DatagramError("version")  # a 1.2 request from a member served 1.1
-        sends = member.sends
+        sends = self._new_msg_id(member, msg_id)
         if sends is None:
-            sends = member.sends = SendWindow()
-        prior = sends.check(msg_id)
-        if prior == STALE:
-            raise DatagramError("stale")
-        if prior != NEW:
-            self.duplicates += 1
-            self._answer_again(member, sends, msg_id, prior)
             return
         self.commands += 1
         try:
@@ -1002,3 +1065,11 @@ def _count_down(counts: Counter[str], key: str) -> None:
         counts.pop(key, None)
     else:
         counts[key] = n - 1
+
+
+def keepable(member: Member) -> bool:
+    """
+    A member a restart can carry over (1.2): a UDP member (its token and
+    key go on), or one whose transport can resume (a browser's socket).
+    """
+    return member.numbered and (member.transport is None or getattr(member.transport, "resumable", False))

@@ -38,7 +38,7 @@ from ocm.server.limits import TokenBucket
 from ocm.server.moderation import BanList
 from ocm.server.passwords import PasswordHash
 from ocm.server.replay import ReplayWindow
-from ocm.server.rooms import Member, Room, RoomService, V12
+from ocm.server.rooms import DETACHED, Member, Room, RoomService, V12, keepable as keepable_member
 from ocm.server.sends import SendWindow
 from ocm.wire.names import name_key
 
@@ -62,13 +62,8 @@ def _unb64(text: str) -> bytes:
 
 
 def keepable(room: Room) -> bool:
-    """A room a restart can keep: its host is a UDP member served 1.2."""
-    host = room.host
-    return host is not None and host.transport is None and host.version == V12
-
-
-def keepable_member(member: Member) -> bool:
-    return member.transport is None and member.version == V12
+    """A room a restart can keep: its host is a member a restart can carry over."""
+    return room.host is not None and keepable_member(room.host)
 
 
 # -- to JSON -------------------------------------------------------------------
@@ -78,6 +73,9 @@ def _member(m: Member) -> dict[str, Any]:
     sends = m.sends
     return {
         "name": m.name,
+        # A browser's socket cannot be kept: it resumes with its secret.
+        "transport": "udp" if m.transport is None else "detached",
+        "resume": _b64(m.resume),
         "token": m.token,
         "key": _b64(m.key),
         "ip": m.ip,
@@ -248,16 +246,22 @@ def _restore_room(service: RoomService, saved: dict[str, Any], now: float) -> Ro
     room.bans = BanList.from_state(saved["bans"])
     host_name = saved["host"]
     for sm in saved["members"]:
-        key = _unb64(sm["key"])
-        if len(key) != 32:
-            raise ValueError("key")
         bucket = TokenBucket(service.member_rate, service.member_burst, now)
         bucket.tokens = min(float(sm["bucket"]), service.member_burst)
-        member = Member(sm["name"], room, sm["ip"], now, bucket, None, V12)
-        member.token = sm["token"]
-        member.key = key
-        member.aead = AESGCM(key)
-        member.address = tuple(sm["address"]) if sm["address"] else None
+        udp = sm.get("transport", "udp") == "udp"
+        member = Member(sm["name"], room, sm["ip"], now, bucket, None if udp else DETACHED, V12)
+        if udp:
+            key = _unb64(sm["key"])
+            if len(key) != 32:
+                raise ValueError("key")
+            member.token = sm["token"]
+            member.key = key
+            member.aead = AESGCM(key)
+            member.address = tuple(sm["address"]) if sm["address"] else None
+        else:
+            member.resume = _unb64(sm.get("resume", ""))
+            if len(member.resume) != 32:
+                raise ValueError("resume")
         member.sent = int(sm["sent"])
         member.window = ReplayWindow()
         member.window.highest, member.window._seen = int(sm["window"][0]), int(sm["window"][1])

@@ -153,6 +153,24 @@ class ActionTests(AdminE2ETestCase):
         self.assertEqual(self.svc.rooms.rooms, {})
         self.assertEqual(await self.admin_json("rooms"), [])
 
+    async def test_ban_refuses_the_name_and_its_address_in_that_room(self):
+        self.start()
+        alice = await self.enter("Lobby", "alice", create=True)
+        self.keep_alive(alice)
+        bob = await self.enter("Lobby", "bob", tcp_bind="127.0.0.2", udp_bind="127.0.0.2")
+        self.assertEvent(await alice.event(), wire.JOINED, "bob")
+        code, out, err = await self.admin("ban", "Lobby", "bob", "--reason", "flood")
+        self.assertEqual((code, out), (0, "banned bob in room Lobby\n"), err)
+        self.assertEvent(await bob.event(), wire.CLOSED, "alice", "the server's operator: flood")
+        for name, bind in (("bob", "127.0.0.1"), ("bobby", "127.0.0.2")):
+            status, _ = await self.ask(wire.JOIN_ROOM, "Lobby", {"username": name}, bind=bind)
+            self.assertEqual(status, 403, (name, bind))
+        status, _ = await self.ask(wire.JOIN_ROOM, "Lobby", {"username": "carol"}, bind="127.0.0.1")
+        self.assertEqual(status, 200)
+        self.assertEqual((await self.admin_json("unban", "Lobby", "bob"))["name"], "bob")
+        status, _ = await self.ask(wire.JOIN_ROOM, "Lobby", {"username": "bobby"}, bind="127.0.0.2")
+        self.assertEqual(status, 200)
+
     async def test_ban_address_refuses_tcrp_from_it_and_not_others(self):
         self.start()
         code, out, err = await self.admin("ban-address", "127.0.0.2", "1m")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from ocm.wire import binding
-from ocm.wire.binding import MAX_SEQ, History, Leave, RoomRequest, Say, parse_frame
+from ocm.wire.binding import MAX_SEQ, History, Leave, Order, RoomRequest, Say, parse_frame
 from ocm.wire.datagram import MAX_MSG_ID, MAX_TEXT
 from ocm.wire.names import name_problem
 from ocm.wire.tcrp import MAX_PASSWORD_BYTES, Op, ProtocolError, Status
@@ -26,8 +26,8 @@ from ocm.wire.tcrp import MAX_PASSWORD_BYTES, Op, ProtocolError, Status
 MANY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOME = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-KEYS = ("op", "room", "username", "password", "id", "text", "first", "last", "type", "")
-OPS = ("list", "create", "join", "send", "history", "leave", "LIST", "", "nope")
+KEYS = ("op", "room", "username", "password", "id", "text", "first", "last", "type", "version", "command", "name", "reason", "")
+OPS = ("list", "create", "join", "send", "history", "leave", "command", "LIST", "", "nope")
 
 encodable = st.characters(blacklist_categories=("Cs",))
 names = st.text(encodable, min_size=1, max_size=30).map(str.strip).filter(lambda s: name_problem(s) is None)
@@ -56,7 +56,7 @@ def refused_properly(test: SynchronousTestCase, text: str) -> None:
         test.assertLessEqual(len(e.message), 200, e.message)
         json.loads(binding.encode_error(e))  # the answer is a frame the page can read
         return
-    test.assertIsInstance(frame, (RoomRequest, Say, History, Leave))
+    test.assertIsInstance(frame, (RoomRequest, Say, History, Leave, Order))
 
 
 def spelled(body: dict, how: int) -> str:

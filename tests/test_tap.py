@@ -110,3 +110,46 @@ class CertificateTests(TestCase):
         o = Options()
         o.parseOptions(["--tls-cert", str(d / "c.pem"), "--tls-key", str(d / "k.pem")])
         self.assertRaises(usage.UsageError, makeService, o)
+
+
+class AdminOptionsTests(TestCase):
+    """--admin, --admin-group, --no-admin (ocm-admin's socket)."""
+
+    def parse(self, *args):
+        o = Options()
+        o.parseOptions(list(args))
+        return o
+
+    def test_the_socket_is_in_the_data_dir_by_default(self):
+        o = self.parse("--data-dir", "/var/lib/ocm")
+        self.assertEqual((o["admin-path"], o["admin-gid"]), ("/var/lib/ocm/admin.sock", None))
+        self.assertEqual(self.parse("--admin", "/run/ocm/a.sock")["admin-path"], "/run/ocm/a.sock")
+        self.assertIsNone(self.parse("--no-admin")["admin-path"])
+
+    def test_a_group_by_name_or_number(self):
+        import grp
+
+        root = grp.getgrgid(0).gr_name
+        self.assertEqual(self.parse("--admin-group", root)["admin-gid"], 0)
+        self.assertEqual(self.parse("--admin-group", "4242")["admin-gid"], 4242)
+
+    def test_refusals(self):
+        for args, words in [
+            (["--admin-group", "no-such-group-here"], "--admin-group: no group named"),
+            (["--no-admin", "--admin", "/tmp/a.sock"], "--no-admin"),
+            (["--no-admin", "--admin-group", "0"], "--no-admin"),
+            (["--admin", "/" + "x" * 120], "--admin: "),
+        ]:
+            with self.assertRaises(usage.UsageError) as cm:
+                self.parse(*args)
+            self.assertIn(words, str(cm.exception), args)
+
+    def test_a_default_path_too_long_is_skipped_with_a_warning(self):
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        o = self.parse("--data-dir", "/" + "d" * 120)
+        self.assertIsNone(o["admin-path"])
+        self.assertTrue(any(e.get("log_level") == LogLevel.warn and "no admin socket" in e["log_format"]
+                            for e in seen))
+        self.assertIsNone(makeService(self.parse("--no-tls", "--data-dir", "/" + "d" * 120)).admin_listener)

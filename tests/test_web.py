@@ -422,3 +422,190 @@ class HardeningTests(WebTestCase):
         b = await self.browser()
         self.assertIn("upgrade", b.http_headers)  # the 101's headers, as the browser got them
         self.assertNotIn("server", b.http_headers)
+
+
+class ModerationTests(WebTestCase):
+    """Protocol 1.2 over the binding: command frames, the moderation events, both views."""
+
+    async def member12(self, op: str, room: str, username: str, **kw: Any) -> tuple[Browser, dict]:
+        b = await self.browser()
+        response, complete = await b.ask({"op": op, "room": room, "username": username, "version": "1.2", **kw})
+        self.assertEqual(response["status"], 200, response)
+        return b, complete
+
+    async def events(self, b: Browser, n: int) -> list[tuple]:
+        out = []
+        for _ in range(n):
+            e = await b.next_event()
+            out.append((e["kind"], e["seq"], e.get("name"), e.get("text"), e.get("id")))
+        return out
+
+    async def test_a_host_kicks_and_every_view_hears_it(self):
+        self.start()
+        ann, complete = await self.member12("create", "Class", "ann")
+        self.assertEqual((complete["version"], complete["host_name"], complete["muted"]), ("1.2", "ann", []))
+        bob, complete = await self.member12("join", "Class", "bob")
+        self.assertEqual((complete["seq"], complete["host_name"], complete["members"]), (1, "ann", ["ann", "bob"]))
+        old, complete = await self.member("join", "Class", "old")  # a page that did not ask for 1.2
+        self.assertEqual(complete["version"], "1.1")
+        self.assertNotIn("host_name", complete)
+        self.assertEqual(await self.events(ann, 2), [("joined", 1, "bob", "", None), ("joined", 2, "old", "", None)])
+        self.assertEqual(await self.events(bob, 1), [("joined", 2, "old", "", None)])
+
+        ann.send({"op": "command", "id": 1, "command": "kick", "name": "bob", "reason": "spam"})
+        self.assertEqual(await self.events(ann, 2), [("kicked", 3, "bob", "spam", None), ("echo", 3, "ann", None, 1)])
+        self.assertEqual(await self.events(bob, 1), [("kicked", 3, "bob", "spam", None)])
+        self.assertEqual(await bob.wait_closed(), (4003, "spam"))
+        # The 1.1 view: someone left, numbered among messages only.
+        self.assertEqual(await self.events(old, 1), [("left", 0, "bob", "", None)])
+        # Retransmitted, the command is answered again and acts once.
+        ann.send({"op": "command", "id": 1, "command": "kick", "name": "bob", "reason": "spam"})
+        self.assertEqual(await self.events(ann, 1), [("echo", 3, "ann", None, 1)])
+        # A kicked member may come back.
+        bob, complete = await self.member12("join", "Class", "bob")
+        self.assertEqual(complete["seq"], 4)
+        ann.assertQuiet()
+        old.assertQuiet()
+
+    async def test_a_ban_keeps_the_name_and_the_address_out_until_unbanned(self):
+        self.start()
+        ann, _ = await self.member12("create", "Class", "ann")
+        eve, _ = await self.member12("join", "Class", "eve")
+        await ann.next_event()
+        ann.send({"op": "command", "id": 1, "command": "ban", "name": "eve", "reason": "rude"})
+        self.assertEqual((await eve.next_event())["kind"], "banned")
+        self.assertEqual(await eve.wait_closed(), (4003, "rude"))
+        self.assertEqual(await self.events(ann, 2), [("banned", 2, "eve", "rude", None), ("echo", 2, "ann", None, 1)])
+        for name in ("eve", "eve2"):  # the same address under another name too
+            b = await self.browser()
+            response, _ = await b.ask({"op": "join", "room": "Class", "username": name, "version": "1.2"})
+            self.assertEqual(response["status"], 403, response)
+        ann.send({"op": "command", "id": 2, "command": "unban", "name": "eve"})
+        self.assertEqual(await self.events(ann, 2), [("unbanned", 3, "eve", "", None), ("echo", 3, "ann", None, 2)])
+        await self.member12("join", "Class", "eve")
+
+    async def test_mute_refuses_sends_and_a_handed_over_room_outlives_its_first_host(self):
+        self.start()
+        ann, _ = await self.member12("create", "Class", "ann")
+        bob, _ = await self.member12("join", "Class", "bob")
+        await ann.next_event()
+        ann.send({"op": "command", "id": 1, "command": "mute", "name": "bob"})
+        self.assertEqual(await self.events(bob, 1), [("muted", 2, "bob", "", None)])
+        bob.send({"op": "send", "id": 1, "text": "la la la"})
+        self.assertEqual(await self.events(bob, 1), [("refused", 0, "bob", "you are muted in this room", 1)])
+        carol, complete = await self.member12("join", "Class", "carol")
+        self.assertEqual(complete["muted"], ["bob"])
+        ann.send({"op": "command", "id": 2, "command": "unmute", "name": "bob"})
+        ann.send({"op": "command", "id": 3, "command": "host", "name": "bob"})
+        self.assertEqual(await self.events(ann, 6), [
+            ("muted", 2, "bob", "", None), ("echo", 2, "ann", None, 1), ("joined", 3, "carol", "", None),
+            ("unmuted", 4, "bob", "", None), ("echo", 4, "ann", None, 2),
+            ("host", 5, "bob", "", None),
+        ])
+        self.assertEqual(await self.events(ann, 1), [("echo", 5, "ann", None, 3)])
+        self.assertEqual(await self.events(bob, 3), [
+            ("joined", 3, "carol", "", None), ("unmuted", 4, "bob", "", None), ("host", 5, "bob", "", None),
+        ])
+        # The old host is a guest now: its commands are refused, and its leaving closes nothing.
+        ann.send({"op": "command", "id": 4, "command": "kick", "name": "carol"})
+        refused = await ann.next_event()
+        self.assertEqual((refused["kind"], refused["id"]), ("refused", 4))
+        self.assertIn("only the host", refused["text"])
+        ann.send({"op": "leave"})
+        self.assertEqual(await self.events(bob, 1), [("left", 6, "ann", "", None)])
+        bob.send({"op": "send", "id": 2, "text": "still here"})  # id 1 was refused, and stays so
+        self.assertEqual(await self.events(bob, 1), [("echo", 7, "bob", None, 2)])
+        self.assertEqual([e[:4] for e in await self.events(carol, 4)], [
+            ("unmuted", 4, "bob", "", None)[:4], ("host", 5, "bob", "", None)[:4], ("left", 6, "ann", "", None)[:4],
+            ("message", 7, "bob", "still here"),
+        ])
+
+    async def test_malformed_commands_are_refused_and_the_member_stays(self):
+        self.start()
+        ann, _ = await self.member12("create", "Class", "ann")
+        ann.send({"op": "command", "id": 1, "command": "dance", "name": "bob"})
+        ann.send({"op": "command", "id": 2, "command": "kick", "name": "bob", "reason": "x" * 201})
+        ann.send({"op": "command", "id": 3, "command": "kick", "name": "ann"})
+        ann.send({"op": "command", "id": 4, "command": "mute", "name": "nobody"})
+        answers = await self.events(ann, 4)
+        self.assertEqual([(a[0], a[4]) for a in answers], [("refused", i) for i in (1, 2, 3, 4)])
+        for answer, why in zip(answers, ("unknown command", "200 bytes", "yourself", "not in the room")):
+            self.assertIn(why, answer[3])
+        ann.send({"op": "send", "id": 5, "text": "still in"})
+        self.assertEqual((await ann.next_event())["kind"], "echo")
+
+    async def test_a_page_served_11_cannot_command(self):
+        self.start()
+        ann, _ = await self.member("create", "Class", "ann")
+        ann.send({"op": "command", "id": 1, "command": "kick", "name": "bob"})
+        error = await ann.next()
+        self.assertEqual((error["type"], error["status"]), ("error", 400))
+        self.assertIn("1.2", error["message"])
+        self.assertEqual((await ann.wait_closed())[0], 4400)
+
+    async def test_history_resends_every_numbered_event_marked(self):
+        self.start()
+        ann, _ = await self.member12("create", "Class", "ann")
+        bob, _ = await self.member12("join", "Class", "bob")
+        ann.send({"op": "send", "id": 1, "text": "hello"})
+        ann.send({"op": "command", "id": 2, "command": "mute", "name": "bob"})
+        await self.events(ann, 4)
+        late, complete = await self.member12("join", "Class", "late")
+        self.assertEqual(complete["seq"], 4)
+        late.send({"op": "history", "first": 1, "last": 4})
+        resent = [await late.next_event() for _ in range(4)]
+        self.assertEqual([(e["kind"], e["seq"], e["name"], e.get("resent")) for e in resent], [
+            ("joined", 1, "bob", True), ("message", 2, "ann", True), ("muted", 3, "bob", True),
+            ("joined", 4, "late", True),
+        ])
+        # A 1.1 page asks in its own numbering, and gets messages only.
+        old, complete = await self.member("join", "Class", "old")
+        self.assertEqual(complete["seq"], 1)
+        old.send({"op": "history", "first": 1, "last": 1})
+        e = await old.next_event()
+        self.assertEqual((e["kind"], e["seq"], e["text"], e.get("resent")), ("history", 1, "hello", None))
+
+
+class RestartTests(WebTestCase):
+    async def test_a_page_served_12_is_told_to_come_back_when_the_daemon_stops(self):
+        self.start()
+        ann, _ = await ModerationTests.member12(self, "create", "Class", "ann")
+        old, _ = await self.member("join", "Class", "old")
+        lobby = await self.browser()
+        await ann.next_event()
+        await self.svc.stopService()
+        # The stop waited for every socket to finish closing: nothing is
+        # left in a buffer when the process exits.
+        for b in (ann, old, lobby):
+            self.assertIsNotNone(b.close_info)
+        self.assertEqual(lobby.close_info, (1000, "the server is stopping"))
+        closed = await ann.next_event()
+        self.assertEqual((closed["kind"], closed["text"]), ("closed", "the server is shutting down"))
+        self.assertEqual(await ann.wait_closed(), (4004, "the server is shutting down"))
+        # The 1.1 view, as before: the room is over.
+        self.assertEqual((await old.next_event())["kind"], "closed")
+        self.assertEqual((await old.wait_closed())[0], 4000)
+
+    async def test_a_room_kept_across_a_restart_lets_its_browsers_go_to_come_back(self):
+        # The room's host is a UDP member served 1.2: the room is kept; a
+        # browser cannot be carried over, so it leaves (LEFT to the rest)
+        # and its page is told to come back.
+        self.start()
+        self.assertIsNotNone(self.svc.keep_rooms)
+        status, complete = await self.ask(wire.CREATE_ROOM, "Kept", {"username": "host", "version": "1.2"})
+        self.assertEqual((status, complete["version"]), (200, "1.2"))
+        host = wire.Member(reactor, b"Kept", complete, ("127.0.0.1", complete["udp_port"]))
+        self.addCleanup(host.close)
+        host.heartbeat()
+        self.keep_alive(host)
+        bea, _ = await ModerationTests.member12(self, "join", "Kept", "bea")
+        old, _ = await self.member("join", "Kept", "old")
+        self.assertEqual((await bea.next_event())["kind"], "joined")
+        await self.svc.stopService()
+        closed = await bea.next_event()
+        self.assertEqual((closed["kind"], closed["text"]), ("closed", "the server is restarting"))
+        self.assertEqual((await bea.wait_closed())[0], 4004)
+        left = await old.next_event()  # bea went first, told to the rest
+        self.assertEqual((left["kind"], left["name"]), ("left", "bea"))
+        self.assertEqual((await old.next_event())["kind"], "closed")
+        self.assertEqual((await old.wait_closed())[0], 4000)

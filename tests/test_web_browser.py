@@ -119,7 +119,7 @@ class BrowserChatTests(ProcessTestCase):
 
     def start_daemon(self, *args: str) -> None:
         self.web = free_port(socket.SOCK_STREAM, "127.0.0.1")
-        self.twistd("--web", str(self.web), *args, ready="web chat page: HTTPS")
+        self.daemon = self.twistd("--web", str(self.web), *args, ready="web chat page: HTTPS")
 
     # -- browsers -------------------------------------------------------------
 
@@ -239,7 +239,7 @@ class BrowserChatTests(ProcessTestCase):
         )
         self.assertEqual(len(carol.find_elements(By.CSS_SELECTOR, "#log li.earlier")), 3)
         members = self.by_id(carol, "members").text.splitlines()
-        self.assertEqual(sorted(members), ["alice", "bob", "carol (you)"])
+        self.assertEqual(sorted(members), ["alice (host)", "bob", "carol (you)"])
         self.wait_line(alice, "^carol joined$", "alice to see carol join")
         self.wait_for(lambda: "* carol joined" in self.read("bob.out"), "bob to see carol join")
 
@@ -264,7 +264,12 @@ class BrowserChatTests(ProcessTestCase):
                      "bob: welcome carol"):
             self.assertEqual(out.count(line), 1, f"{line!r} in {out}")
 
-        # The host leaves: the room closes for the other browser and the terminal.
+        # The host leaves: told first that the room will close, and offered
+        # the hand-over; then it closes for the other browser and the terminal.
+        self.by_id(alice, "leave").click()
+        self.wait_for(lambda: "leaving closes room “Lobby” for everyone" in self.notice(alice), "the warning")
+        self.assertEqual(self.by_id(alice, "leave").text, "Leave and close the room")
+        self.assertNotIn("closed", "\n".join(self.log_lines(carol)))
         self.by_id(alice, "leave").click()
         self.wait_for(lambda: "You left room “Lobby”." in self.notice(alice), "alice back in the lobby")
         self.wait_for(lambda: "Room “Lobby” closed: the host left." in self.notice(carol), "carol to see it close")
@@ -335,3 +340,149 @@ class BrowserChatTests(ProcessTestCase):
                           lambda: f"{sentence!r}; the page says {self.notice(guest)!r}")
         for driver in (host, guest):
             self.assertNoPageErrors(driver)
+
+    # -- protocol 1.2: moderation and restarts ----------------------------------
+
+    def join_page(self, driver: Any, name: str, room: str, op: str = "join") -> None:
+        self.fill(driver, name=name, room=room)
+        self.by_id(driver, op).click()
+        self.wait_line(driver, f"You {'created' if op == 'create' else 'joined'} room “{room}” as “{name}”",
+                       f"{name} in {room}")
+
+    def action(self, driver: Any, label: str, name: str) -> None:
+        from selenium.webdriver.common.by import By
+
+        driver.find_element(By.CSS_SELECTOR, f'#members button[aria-label="{label}: {name}"]').click()
+
+    def actions(self, driver: Any) -> list[str]:
+        from selenium.webdriver.common.by import By
+
+        return [b.get_attribute("aria-label") for b in driver.find_elements(By.CSS_SELECTOR, "#members button")]
+
+    def members(self, driver: Any) -> list[str]:
+        from selenium.webdriver.common.by import By
+
+        return sorted(m.text for m in driver.find_elements(By.CSS_SELECTOR, "#members .member"))
+
+    def test_a_host_page_mutes_removes_bans_and_hands_over(self) -> None:
+        self.start_daemon()
+        ann = self.open_browser()
+        self.join_page(ann, "ann", "Class", "create")
+        bob = self.open_browser()
+        self.join_page(bob, "bob", "Class")
+        carol = self.open_browser()
+        self.join_page(carol, "carol", "Class")
+        self.wait_for(lambda: self.members(ann) == ["ann (you, host)", "bob", "carol"], "ann's member list")
+        self.assertEqual(self.members(carol), ["ann (host)", "bob", "carol (you)"])
+        # Only the host has the actions, and not on itself.
+        self.assertEqual(self.actions(carol), [])
+        self.assertEqual(sorted(self.actions(ann)), sorted(
+            f"{a}: {m}" for a in ("Mute", "Make host", "Remove", "Ban") for m in ("bob", "carol")))
+
+        # Mute: everyone is told, the muted one's lines are refused in words.
+        self.action(ann, "Mute", "bob")
+        for driver in (ann, carol):
+            self.wait_line(driver, "^bob was muted by the host$", "the mute")
+        self.wait_line(bob, "^You were muted by the host: what you say is not sent$", "bob told he is muted")
+        self.wait_for(lambda: self.members(carol) == ["ann (host)", "bob (muted)", "carol (you)"], "bob marked muted")
+        self.say(bob, "la la la")
+        self.wait_line(bob, "bob: la la la not delivered: you are muted in this room$", "the refused line")
+        self.action(ann, "Unmute", "bob")
+        self.wait_line(carol, "^bob was unmuted by the host$", "the unmute")
+        self.say(bob, "sorry")
+        self.wait_line(carol, r"^\d\d:\d\d:\d\d bob: sorry$", "bob's line after the unmute")
+        self.assertNotIn("la la la", "\n".join(self.log_lines(carol)))
+
+        # Remove, with a reason: bob is back in the lobby, told why.
+        self.action(ann, "Remove", "bob")
+        self.assertIn("Remove “bob” from the room?", self.by_id(ann, "confirm-text").text)
+        self.by_id(ann, "reason").send_keys("spam")
+        self.shot(ann, "web-host.png")
+        self.by_id(ann, "confirm-do").click()
+        for driver in (ann, carol):
+            self.wait_line(driver, "^bob was removed by the host: spam$", "the kick")
+        self.wait_for(lambda: "You were removed from the room by the host: spam" in self.notice(bob)
+                      and self.by_id(bob, "lobby").is_displayed(), "bob back in the lobby")
+        self.wait_for(lambda: self.members(carol) == ["ann (host)", "carol (you)"], "bob gone from the list")
+
+        # A kicked person may come back; a banned one may not, under any name.
+        self.join_page(bob, "bob", "Class")
+        self.action(ann, "Ban", "bob")
+        self.assertIn("Ban “bob”?", self.by_id(ann, "confirm-text").text)
+        self.by_id(ann, "confirm-do").click()  # no reason
+        self.wait_line(carol, "^bob was banned by the host$", "the ban")
+        self.wait_for(lambda: "You were banned from the room by the host" in self.notice(bob), "bob told of the ban")
+        for name in ("bob", "robert"):
+            self.fill(bob, name=name, room="Class")
+            self.by_id(bob, "join").click()
+            self.wait_for(lambda: "You are banned from room “Class”." in self.notice(bob)
+                          and name not in self.notice(bob), f"{name} refused")
+
+        # Hand over: the actions move, and the old host's leaving closes nothing.
+        self.action(ann, "Make host", "carol")
+        self.wait_line(ann, "^carol is now the host$", "the hand-over")
+        self.wait_line(carol, "^You are now the host$", "the hand-over, for carol")
+        self.wait_for(lambda: self.actions(ann) == [] and len(self.actions(carol)) == 4, "the actions to move")
+        self.assertIn("You are now the host", self.notice(carol))
+        self.assertEqual(self.members(ann), ["ann (you)", "carol (host)"])
+        self.by_id(ann, "leave").click()
+        self.wait_line(carol, "^ann left$", "ann to leave")
+        self.say(carol, "still open")
+        self.wait_line(carol, r"^\d\d:\d\d:\d\d carol: still open$", "carol's line echoed")
+        self.assertNotIn("closed", "\n".join(self.log_lines(carol)))
+        for driver in (ann, bob, carol):
+            self.assertNoPageErrors(driver)
+        self.assertNotIn("Traceback", self.read("daemon.log"))
+
+    def test_pages_come_back_after_a_crash_and_the_host_makes_the_room_again(self) -> None:
+        import signal
+
+        self.come_back_after(signal.SIGKILL, "The connection dropped. Reconnecting")
+
+    def test_pages_come_back_after_a_restart(self) -> None:
+        # SIGTERM: the daemon keeps only rooms a restart can carry (a UDP
+        # host's); this one's host is a page, so the room goes, and the
+        # pages are told the server is stopping (4004) and come back.
+        import signal
+
+        self.come_back_after(signal.SIGTERM, "The server is restarting. Reconnecting")
+        self.assertIn("The server is stopping or restarting; this page will reconnect when it is back.",
+                      self.log_lines(self.pages[1]))
+
+    def come_back_after(self, sig: int, said: str) -> None:
+        self.start_daemon()
+        ann = self.open_browser()
+        self.fill(ann, password="pw")
+        self.join_page(ann, "ann", "Again", "create")
+        bob = self.open_browser()
+        self.fill(bob, password="pw")
+        self.join_page(bob, "bob", "Again")
+        self.pages = (ann, bob)
+        self.say(bob, "before the crash")
+        self.wait_line(ann, "bob: before the crash$", "the line before")
+        self.daemon.send_signal(sig)
+        self.daemon.wait(LIMIT)
+        for driver in (ann, bob):
+            self.wait_for(lambda: said in self.notice(driver), lambda: f"{said!r}: {self.notice(driver)!r}")
+        # The same daemon again (same data directory, so the same certificate), without the room.
+        again = self.spawn("daemon2", [
+            "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "--logfile", str(self.dir / "daemon2.log"), "ocm",
+            "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "0", "--interface", "127.0.0.1",
+            "--data-dir", str(self.dir / "data"), "--web", str(self.web),
+        ])
+        self.wait_for(lambda: "web chat page: HTTPS" in self.read("daemon2.log") or again.poll() is not None,
+                      "the daemon to start again")
+        self.wait_for(lambda: "had lost room “Again”" in self.notice(ann), lambda: f"ann: {self.notice(ann)!r}")
+        self.wait_line(ann, "created again by you", "ann's marker")
+        self.wait_for(lambda: "had lost room “Again”" in self.notice(bob), lambda: f"bob: {self.notice(bob)!r}")
+        self.wait_for(lambda: self.members(bob) == ["ann (host)", "bob (you)"], "bob's member list")
+        self.say(bob, "after the crash")
+        self.wait_line(ann, "bob: after the crash$", "the line after")
+        # The room kept its password: it was made again with it.
+        third = self.open_browser()
+        self.fill(third, name="eve", room="Again")
+        self.by_id(third, "join").click()
+        self.wait_for(lambda: "has a password" in self.notice(third), "the password still asked for")
+        for driver in (ann, bob):
+            self.assertNoPageErrors(driver, expected=r"WebSocket connection to 'wss://127\.0\.0\.1:\d+/ws' failed")

@@ -75,6 +75,45 @@ class ParseTests(TestCase):
     def test_text_over_the_datagram_limit_is_413(self):
         self.assertIn("3072", self.refused({"op": "send", "id": 1, "text": "é" * 1537}, 413))
 
+    def test_version_12_is_asked_for_in_the_room_request(self):
+        self.assertEqual(
+            self.parse({"op": "join", "room": "L", "username": "a", "version": "1.2"}),
+            binding.RoomRequest(Op.JOIN_ROOM, "L", "a", "", "1.2"),
+        )
+        self.assertEqual(self.parse({"op": "create", "room": "L", "username": "a"}).version, "1.1")
+        for bad in ("2.0", 1.2, None, ["1.2"]):
+            self.assertIn("version", self.refused({"op": "join", "room": "L", "username": "a", "version": bad}))
+
+    def test_command_frames_become_commands_json(self):
+        order = self.parse({"op": "command", "id": 4, "command": "kick", "name": "bob", "reason": "spam"})
+        self.assertEqual(order.msg_id, 4)
+        self.assertEqual(order.refused, "")
+        self.assertEqual(json.loads(order.body), {"op": "kick", "name": "bob", "reason": "spam"})
+        self.assertEqual(json.loads(self.parse({"op": "command", "id": 5, "command": "host", "name": "é"}).body),
+                         {"op": "host", "name": "é"})
+
+    def test_commands_breaking_commands_rules_are_refused_with_their_id(self):
+        # As the datagram's: answered REFUSED (the page can tell which), not dropped.
+        for frame, why in (
+            ({"command": "dance", "name": "bob"}, "unknown command"),
+            ({"command": "kick"}, "names no member"),
+            ({"command": "kick", "name": ""}, "names no member"),
+            ({"command": "kick", "name": "b" * 256}, "names no member"),
+            ({"command": "kick", "name": "bob", "reason": "r" * 201}, "200 bytes"),
+            ({"command": "kick", "name": "bob", "reason": "a\nb"}, "control characters"),
+            ({"command": "kick", "name": "bob", "reason": 5}, "not a string"),
+            ({"command": "kick", "name": "x" * 200, "reason": ["y" * 300] * 4}, "1024"),
+            ({"command": "kick", "name": "\ud800"}, "Unicode"),
+        ):
+            order = self.parse({"op": "command", "id": 9, **frame})
+            self.assertEqual(order.msg_id, 9)
+            self.assertIn(why, order.refused, frame)
+            self.assertEqual(order.body, b"")
+
+    def test_a_command_without_a_valid_id_is_malformed(self):
+        for bad in ({}, {"id": 0}, {"id": 2**32}, {"id": "3"}, {"id": False}):
+            self.assertIn("id", self.refused({"op": "command", "command": "kick", "name": "bob", **bad}))
+
 
 class EncodeTests(TestCase):
     def test_response_and_complete(self):
@@ -108,6 +147,31 @@ class EncodeTests(TestCase):
                            (EventKind.HISTORY, "history")):
             self.assertEqual(encoded(kind, 0, 1, "x", "")["kind"], name)
         self.assertIsNone(binding.encode_event(Event(0x7F, 0, 0, "", "")))
+        self.assertIsNone(binding.encode_event(Event(EventKind.PONG, 3, 0, "", "")))
+
+    def test_events_of_12(self):
+        def encoded(*args, **kw):
+            return json.loads(binding.encode_event(Event(*args, **kw)))
+
+        for kind, name in ((EventKind.KICKED, "kicked"), (EventKind.BANNED, "banned"),
+                           (EventKind.UNBANNED, "unbanned"), (EventKind.MUTED, "muted"),
+                           (EventKind.UNMUTED, "unmuted"), (EventKind.HOST, "host")):
+            self.assertEqual(encoded(kind, 7, 5, "bob", "spam"),
+                             {"type": "event", "kind": name, "seq": 7, "time": 5, "name": "bob", "text": "spam"})
+        self.assertEqual(encoded(EventKind.REFUSED, 0, 5, "ann", "only the host may kick", 12),
+                         {"type": "event", "kind": "refused", "seq": 0, "time": 5, "name": "ann",
+                          "id": 12, "text": "only the host may kick"})
+        self.assertEqual(encoded(EventKind.RESTARTING, 40, 5, "", "the server is restarting"),
+                         {"type": "event", "kind": "restarting", "seq": 40, "time": 5, "name": "",
+                          "text": "the server is restarting"})
+        # Resent by history: its own kind and seq, marked.
+        self.assertEqual(encoded(EventKind.MESSAGE, 3, 5, "bob", "hi", resent=True),
+                         {"type": "event", "kind": "message", "seq": 3, "time": 5, "name": "bob",
+                          "text": "hi", "resent": True})
+        self.assertTrue(encoded(EventKind.KICKED, 4, 5, "eve", "", resent=True)["resent"])
+        self.assertNotIn("resent", encoded(EventKind.MESSAGE, 3, 5, "bob", "hi"))
+        self.assertEqual(json.loads(binding.refused_event(3, "ann", "why", 9)),
+                         {"type": "event", "kind": "refused", "seq": 0, "time": 9, "name": "ann", "id": 3, "text": "why"})
 
     def test_text_is_json_escaped_never_raw(self):
         frame = binding.encode_event(Event(EventKind.MESSAGE, 1, 1, "a", '"}\n</script>\u2028'))

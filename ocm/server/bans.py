@@ -1,8 +1,9 @@
 """
 Daemon-wide address bans, the operator's (ocm-admin's ``ban-address``): an
 address, or an IPv6 /64 as every limit counts one, refused for a time by
-every way in (the front desk for TCRP, WebSocket and IRC; the room service
-for datagrams). Bounded: at most C{max_bans} at once, expired ones pruned.
+every way in (the front desk's doors for TCRP, WebSocket and IRC, at
+accept). Datagrams need no check: ``ban-address`` also kicks the address's
+members, so no token from it lives (ocm.admin.server). Bounded: at most C{max_bans} at once, expired ones pruned.
 Plain arithmetic on times the caller passes in.
 """
 

@@ -105,6 +105,8 @@ CLOSED_HOST_TIMED_OUT = "the host timed out"
 CLOSED_SHUTDOWN = "the server is shutting down"
 CLOSED_RESTARTING = "the server is restarting"
 RESTARTING_TEXT = "the server is restarting and keeps this room; stay here"
+# The text of an event the daemon's operator caused (ocm-admin), before its reason.
+OPERATOR = "the server's operator"
 
 # What a 1.1 member is sent instead of a moderation event (PROTOCOL 1.2 §3):
 # a KICKED or BANNED about itself as CLOSED, the others' as LEFT; the rest
@@ -996,6 +998,9 @@ class RoomService:
         if op in NEEDS_MEMBER and target is None:
             raise CommandRefused(f"{name!r} is not in the room")
         reason = command.reason
+        if by is None:
+            # PROTOCOL 1.2 §4: the operator's events say so in their text.
+            reason = OPERATOR + (f": {reason}" if reason else "")
         text = reason.encode()
         if target is not None:
             name = target.name
@@ -1011,7 +1016,7 @@ class RoomService:
             if target is not None and target is room.host:
                 # Only the operator gets here: a host removed closes the room.
                 self._close(room, f"the host was {'kicked' if op == CommandOp.KICK else 'banned'} "
-                                  f"by the server's operator" + (f": {reason}" if reason else ""))
+                                  f"by {reason}")
                 return room.events
             event_seq = self._announce(room, kind, name_bytes, text, target)
             if target is not None:
@@ -1024,7 +1029,7 @@ class RoomService:
             if not room.bans.unban(name):
                 raise CommandRefused(f"{name!r} is not banned")
             self.log.info("{who} unbanned {user!r} in room {room!r}", who=who, user=name, room=room.name)
-            return self._announce(room, EventKind.UNBANNED, name_bytes, b"", None)
+            return self._announce(room, EventKind.UNBANNED, name_bytes, text if by is None else b"", None)
         if op == CommandOp.MUTE or op == CommandOp.UNMUTE:
             mute = op == CommandOp.MUTE
             if target.muted == mute:
@@ -1032,11 +1037,12 @@ class RoomService:
             target.muted = mute
             self.log.info("{who} {did} {user!r} in room {room!r}", who=who, user=target.name,
                           room=room.name, did="muted" if mute else "unmuted")
-            return self._announce(room, EventKind.MUTED if mute else EventKind.UNMUTED, name_bytes, b"", None)
+            return self._announce(room, EventKind.MUTED if mute else EventKind.UNMUTED, name_bytes,
+                                  text if by is None else b"", None)
         # HOST: hand the room over.
         room.host = target
         self.log.info("{who} handed room {room!r} to {user!r}", who=who, room=room.name, user=target.name)
-        return self._announce(room, EventKind.HOST, name_bytes, b"", None)
+        return self._announce(room, EventKind.HOST, name_bytes, text if by is None else b"", None)
 
     def sweep(self) -> None:
         """Remove every member silent for C{timeout} seconds; forget old tombstones."""

@@ -64,6 +64,7 @@ class OcmService(service.MultiService):
         metrics_endpoint: IStreamServerEndpoint | None = None,
         tls: bool = True,
         keep_rooms: Path | None = None,
+        admin: StreamListener | None = None,
     ) -> None:
         super().__init__()
         self.rooms = rooms
@@ -96,6 +97,10 @@ class OcmService(service.MultiService):
         if irc is not None:
             self.irc_listener, self.irc_factory = irc
             self.chat_listeners.append(self.irc_listener)
+        # The operator's admin socket (ocm-admin): bound last, stopped first.
+        self.admin_listener = admin
+        if admin is not None:
+            self.chat_listeners.append(admin)
         self.metrics_listener: StreamListener | None = None
         for child in self.chat_listeners:
             child.setServiceParent(self)

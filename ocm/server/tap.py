@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from ocm.admin import server as admin
 from ocm.server import tls
 from ocm.cluster.url import parse_redis_url, with_password_file
 from ocm.server.hashing import DEFAULT_QUEUE, MEMORY_POLICIES, HashPool
@@ -212,9 +213,14 @@ class Options(usage.Options):
          "Serve Prometheus metrics at /metrics and a health check at /healthz on this "
          "Twisted server endpoint, e.g. tcp:9102:interface=127.0.0.1 (default: off; "
          "needs the metrics extra, pip install 'ocm[metrics]')."],
+        ["admin", None, None,
+         "The operator's admin socket (ocm-admin), a Unix socket path (default: admin.sock in --data-dir)."],
+        ["admin-group", None, None,
+         "A group whose members may use the admin socket too (it is then 0660, not 0600)."],
         *irc.OPTIONS,
     ]
     optFlags = [
+        ["no-admin", None, "Open no admin socket (ocm-admin cannot reach this daemon)."],
         ["no-tls", None, "Serve TCRP over plain TCP (clients must be told too)."],
         ["no-keep-rooms", None,
          "Close every room when the daemon stops, instead of saving the rooms 1.2 clients are in "
@@ -260,6 +266,29 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{option}: cannot read {path!r}")
         self._cluster_options()
         self._check_metrics()
+        self._admin_options()
+
+    def _admin_options(self) -> None:
+        """The admin socket's path (None: none), its group; a default path too long is skipped, not fatal."""
+        self["admin-path"] = self["admin-gid"] = None
+        if self["no-admin"]:
+            if self["admin"] is not None or self["admin-group"] is not None:
+                raise usage.UsageError("--no-admin: --admin and --admin-group go without it")
+            return
+        if self["admin-group"] is not None:
+            try:
+                self["admin-gid"] = admin.group_id(self["admin-group"])
+            except ValueError as e:
+                raise usage.UsageError(f"--admin-group: {e}")
+        path = os.path.abspath(self["admin"] or os.path.join(self["data-dir"], "admin.sock"))
+        try:
+            admin.check_path(path)
+        except admin.SocketPathError as e:
+            if self["admin"] is not None:
+                raise usage.UsageError(f"--admin: {e}")
+            log.warn("no admin socket: {why}; give --admin a shorter path", why=e)
+            return
+        self["admin-path"] = path
 
     def _udp_option(self) -> None:
         value = str(self["udp"]).strip()
@@ -418,12 +447,15 @@ def makeService(config: Options, reactor: Any = None, environ: Any = None) -> Oc
     metrics_endpoint = None
     if config["metrics"]:
         metrics_endpoint = endpoints.serverFromString(reactor, config["metrics"])
+    admin_listener = None
+    if config.get("admin-path"):
+        admin_listener = admin.make_listener(config["admin-path"], rooms, desk, reactor, config["admin-gid"])
     return OcmService(
         rooms, desk, tcrp, StreamListener("tcrp", endpoint, factory),
         config["udp"] if config.get("udp-fd") is None else ("fd", config["udp-fd"]), config["interface"],
         reactor, banner=banner, hashing=hashing, directory=directory,
         notifier=Notifier.from_environ(environ), web=web_listener, irc=irc_listener, metrics_endpoint=metrics_endpoint,
-        tls=not config["no-tls"],
+        tls=not config["no-tls"], admin=admin_listener,
         keep_rooms=None if config["no-keep-rooms"] else Path(config["data-dir"]),
     )
 

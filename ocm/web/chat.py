@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from ocm.server.desk import Door, FrontDesk
 from ocm.web.headers import HandshakeHeaders
 from ocm.web.origin import OriginRule
-from ocm.server.rooms import Member, normalize_ip
+from ocm.server.rooms import CLOSED_RESTARTING, CLOSED_SHUTDOWN, Member, normalize_ip
 from ocm.wire import binding
 from ocm.wire.datagram import Event, EventKind
 from ocm.wire.names import name_key
@@ -39,6 +39,8 @@ CLOSE_NORMAL = 1000
 CLOSE_ROOM_CLOSED = 4000  # the room closed: reason is the room's CLOSED text
 CLOSE_REMOVED = 4001  # the member was silent for the room timeout
 CLOSE_IDLE = 4002  # not in a room, and no request for a while
+CLOSE_KICKED = 4003  # (1.2) the host kicked or banned the member: reason is the event's text
+CLOSE_RESTARTING = 4004  # (1.2) the server is stopping or restarting: join again when it is back
 CLOSE_MALFORMED = 4400  # after an error frame with status 400
 CLOSE_TOO_MANY = 4429  # refused frames past the address's request rate
 CLOSE_INTERNAL = 4500  # a bug on the server's side
@@ -92,6 +94,9 @@ class WebChatFactory(WebSocketServerFactory):
         self.origin_rule = origin_rule or OriginRule(tls=True, names=("localhost", "127.0.0.1", "::1"))
         self.behind_proxy = behind_proxy
         self.refusals: Counter[Any] = Counter()
+        # Open sockets, for drain() when the daemon stops.
+        self.sockets: set[ChatSocket] = set()
+        self._drained: list[defer.Deferred[None]] = []
         service = self.service
         self.setProtocolOptions(
             maxFramePayloadSize=max_payload,
@@ -138,6 +143,35 @@ class WebChatFactory(WebSocketServerFactory):
             if local:
                 return normalize_ip(last)
         return ip
+
+    def drain(self, limit: float = 1.5) -> defer.Deferred[None]:
+        """
+        When the daemon stops: close the sockets still in the lobby (1000)
+        and wait, at most C{limit} seconds, for every socket to finish
+        closing, so that a member's CLOSED and close code (4004: come
+        back) reach its page before the process exits instead of being
+        lost in a buffer.
+        """
+        for sock in list(self.sockets):
+            if sock.life is not SocketState.ENDED:
+                sock._end(CLOSE_NORMAL, "the server is stopping")
+        if not self.sockets:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drained.append(d)
+        timer = self.clock.callLater(limit, self._drain_done)
+        d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        return d
+
+    def closed(self, sock: "ChatSocket") -> None:
+        self.sockets.discard(sock)
+        if not self.sockets:
+            self._drain_done()
+
+    def _drain_done(self) -> None:
+        waiters, self._drained = self._drained, []
+        for d in waiters:
+            d.callback(None)
 
     @property
     def active(self) -> int:
@@ -191,6 +225,7 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
     def onOpen(self) -> None:
         if self.life is SocketState.CONNECTING:
             self.life = SocketState.LOBBY
+        self.factory.sockets.add(self)
         # The transport tells its producer when its buffer is full: after
         # the upgrade that is this socket, no longer twisted.web's channel.
         transport = self.transport
@@ -238,9 +273,30 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
             self.factory.service.say(self.member, frame.text, frame.msg_id)
         elif isinstance(frame, binding.History):
             self.factory.service.request_history(self.member, frame.first, frame.last)
+        elif isinstance(frame, binding.Order):
+            self._order(frame)
         else:  # Leave
             self._end(CLOSE_NORMAL, "you left the room")
             self._leave_quietly()
+
+    def _order(self, frame: binding.Order) -> None:
+        """A command (1.2): carried out by the room service, or refused here as it would."""
+        member = self.member
+        assert member is not None
+        if not member.numbered:
+            self._refuse_frame(ProtocolError(Status.BAD_REQUEST, 'commands need "version": "1.2"'))
+            return
+        if frame.refused:
+            # Charged as a datagram would be, then answered as the server would.
+            service = self.factory.service
+            if member.bucket.take(self.factory.clock.seconds()):
+                self._send(binding.refused_event(
+                    frame.msg_id, member.name, frame.refused, int(self.factory.clock.seconds() * 1000)
+                ))
+            else:
+                service.drops["flood"] += 1
+            return
+        self.factory.service.command(member, frame.msg_id, frame.body)
 
     def onPong(self, payload: bytes) -> None:
         if self.member is None:
@@ -298,7 +354,7 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
             try:
                 # Charged per request, from the same per-address budget TCRP uses.
                 desk.charge_request(self.ip)
-                request = Request(frame.op, frame.room, frame.username, frame.password)
+                request = Request(frame.op, frame.room, frame.username, frame.password, frame.version)
                 transport = None if frame.op == Op.LIST_ROOMS else self
                 answered = await desk.answer(
                     request, self.ip, lambda: self.life is SocketState.ENDED, transport
@@ -343,12 +399,31 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
             text = binding.encode_event(parsed)
             if text is not None:
                 self._send(text)
+            # A close reason is at most 123 bytes.
+            reason = parsed.text.encode()[:120].decode("utf-8", "ignore")
             if parsed.kind == EventKind.CLOSED:
-                # A close reason is at most 123 bytes.
-                reason = parsed.text.encode()[:120].decode("utf-8", "ignore")
-                self._end(CLOSE_ROOM_CLOSED, reason or "the room closed")
+                # (1.2) A daemon that stops, or restarts keeping a room it
+                # cannot carry a browser over in: a page served 1.2 is told
+                # to come back (4004) rather than that the room is over.
+                stopping = parsed.text in (CLOSED_RESTARTING, CLOSED_SHUTDOWN)
+                numbered = self.member is not None and self.member.numbered
+                self._end(CLOSE_RESTARTING if stopping and numbered else CLOSE_ROOM_CLOSED,
+                          reason or "the room closed")
+            elif parsed.kind in (EventKind.KICKED, EventKind.BANNED) and not parsed.resent and self._about_me(parsed):
+                # The room service has removed this member already.
+                self.member = None
+                self._end(CLOSE_KICKED, reason or "removed by the host")
+            elif parsed.kind == EventKind.RESTARTING:
+                # The room is kept as it is: this member does not leave it
+                # (no LEFT), it comes back by joining again.
+                self.member = None
+                self._end(CLOSE_RESTARTING, reason or "the server is restarting")
         except Exception:
             self._log.failure("could not deliver an event to {ip} (web)", ip=self.ip)
+
+    def _about_me(self, event: Event) -> bool:
+        member = self.member
+        return member is not None and name_key(event.name) == name_key(member.name)
 
     def _send(self, text: str) -> None:
         if self.life is SocketState.ENDED or self.state != self.STATE_OPEN:
@@ -406,6 +481,7 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
         if self._admitted:
             self._admitted = False
             self.factory.door.release(self.ip)
+        self.factory.closed(self)
 
     def _failed(self, failure: Any) -> None:
         self._log.failure("internal error answering {ip} (web)", failure, ip=self.ip)

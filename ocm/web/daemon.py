@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
@@ -180,4 +180,24 @@ def make_listener(
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
     factory = web_gate(config, factory, desk, reactor, getattr(chat, "refusals", None))
     endpoint = endpoints.serverFromString(reactor, config["web-endpoint"])
-    return StreamListener("web", endpoint, factory), chat
+    return WebListener("web", endpoint, factory, chat), chat
+
+
+class WebListener(StreamListener):
+    """
+    C{--web}'s listener: stopped after the room service (its CLOSED sent),
+    it lets the browsers' sockets finish closing first (L{WebChatFactory.drain}).
+    """
+
+    def __init__(self, name: str, endpoint: Any, factory: Any, chat: "WebChatFactory") -> None:
+        super().__init__(name, endpoint, factory)
+        self.chat = chat
+
+    async def _stop(self) -> None:
+        try:
+            await self.chat.drain()
+        finally:
+            await StreamListener.stopService(self)
+
+    def stopService(self) -> Any:
+        return defer.ensureDeferred(self._stop())

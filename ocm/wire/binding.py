@@ -11,9 +11,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ocm.wire.datagram import MAX_MSG_ID, MAX_TEXT, Event, EventKind
+from ocm.wire.datagram import (
+    MAX_COMMAND, MAX_MSG_ID, MAX_TEXT, CommandRefused, Event, EventKind, parse_command,
+)
 from ocm.wire.names import name_problem
-from ocm.wire.tcrp import MAX_PASSWORD_BYTES, Op, ProtocolError, Status
+from ocm.wire.tcrp import MAX_PASSWORD_BYTES, VERSIONS, Op, ProtocolError, Status
 
 MAX_SEQ = (1 << 64) - 1
 
@@ -30,7 +32,22 @@ EVENT_NAMES = {
     EventKind.HISTORY: "history",
     EventKind.ECHO: "echo",
     EventKind.EXPIRED: "expired",
+    # 1.2: sent only to a page that asked for it (REFUSED also to a muted
+    # 1.1 page's send: a page ignores kinds it does not know).
+    EventKind.RESTARTING: "restarting",
+    EventKind.KICKED: "kicked",
+    EventKind.BANNED: "banned",
+    EventKind.UNBANNED: "unbanned",
+    EventKind.MUTED: "muted",
+    EventKind.UNMUTED: "unmuted",
+    EventKind.HOST: "host",
+    EventKind.REFUSED: "refused",
 }
+
+# Events with an id (the msg_id of the send or command they answer) and no text.
+_ANSWERS = frozenset({EventKind.ECHO})
+# Events with neither name nor text.
+_BARE = frozenset({EventKind.EXPIRED})
 
 # COMPLETE keys that belong to the UDP channel: a browser member has none.
 _UDP_ONLY = ("token", "key", "udp_port")
@@ -44,6 +61,8 @@ class RoomRequest:
     room: str = ""
     username: str = ""
     password: str = ""
+    # (1.2) The version asked for: "1.2", or "1.1" when absent.
+    version: str = "1.1"
 
 
 @dataclass(frozen=True)
@@ -65,7 +84,20 @@ class Leave:
     pass
 
 
-Frame = RoomRequest | Say | History | Leave
+@dataclass(frozen=True)
+class Order:
+    """
+    command (1.2): COMMAND's msg_id and its JSON body, as the datagram
+    carries it. C{refused} says why the body breaks COMMAND's rules
+    (L{parse_command}'s), to be answered with REFUSED as the server would.
+    """
+
+    msg_id: int
+    body: bytes
+    refused: str = ""
+
+
+Frame = RoomRequest | Say | History | Leave | Order
 
 
 def _bad(message: str) -> ProtocolError:
@@ -124,7 +156,10 @@ def parse_frame(text: str) -> Frame:
         password = _string(body, "password", required=False)
         if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
             raise _bad(f"password is over {MAX_PASSWORD_BYTES} bytes")
-        return RoomRequest(OPS[op], room, username, password)
+        version = body.get("version", "1.1")
+        if not isinstance(version, str) or version not in VERSIONS:
+            raise _bad(f"version is not one of {', '.join(VERSIONS)}")
+        return RoomRequest(OPS[op], room, username, password, version)
     if op == "send":
         msg_id = _whole(body, "id", 1, MAX_MSG_ID)
         said = _string(body, "text")
@@ -144,7 +179,31 @@ def parse_frame(text: str) -> Frame:
         return History(first, last)
     if op == "leave":
         return Leave()
+    if op == "command":
+        return _order(body)
     raise _bad(f"unknown op {op[:40]!r}")
+
+
+def _order(body: dict[str, Any]) -> Order:
+    """
+    The command frame as COMMAND's JSON body: its msg_id must be valid (or
+    there is nothing to answer), the rest is judged by COMMAND's rules.
+    """
+    msg_id = _whole(body, "id", 1, MAX_MSG_ID)
+    command = {"op": body.get("command"), "name": body.get("name")}
+    if body.get("reason") is not None:
+        command["reason"] = body["reason"]
+    try:
+        raw = json.dumps(command, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, TypeError, RecursionError):
+        return Order(msg_id, b"", "the command is not valid Unicode")
+    if len(raw) > MAX_COMMAND:
+        return Order(msg_id, b"", f"the command is over {MAX_COMMAND} bytes")
+    try:
+        parse_command(raw)
+    except CommandRefused as e:
+        return Order(msg_id, b"", str(e))
+    return Order(msg_id, raw)
 
 
 def _encode(value: dict[str, Any]) -> str:
@@ -176,15 +235,30 @@ def encode_error(error: ProtocolError) -> str:
 
 
 def encode_event(event: Event) -> str | None:
-    """A datagram event as a frame; None for a kind this binding does not know."""
+    """
+    A datagram event as a frame; None for a kind this binding does not
+    carry (PONG: the WebSocket has its own liveness). A 1.2 event resent
+    by history keeps its kind and is marked C{"resent": true}.
+    """
     kind = EVENT_NAMES.get(event.kind)
     if kind is None:
         return None
     frame: dict[str, Any] = {"type": "event", "kind": kind, "seq": event.seq, "time": event.time_ms}
-    if event.kind == EventKind.ECHO:
+    if event.resent:
+        frame["resent"] = True
+    if event.kind in _ANSWERS and not event.resent:
         frame["name"] = event.name
         frame["id"] = event.msg_id
-    elif event.kind != EventKind.EXPIRED:
+    elif event.kind == EventKind.REFUSED:
+        frame["name"] = event.name
+        frame["id"] = event.msg_id
+        frame["text"] = event.text
+    elif event.kind not in _BARE:
         frame["name"] = event.name
         frame["text"] = event.text
     return _encode(frame)
+
+
+def refused_event(msg_id: int, name: str, why: str, time_ms: int) -> str:
+    """REFUSED for a command the binding itself found malformed."""
+    return encode_event(Event(EventKind.REFUSED, 0, time_ms, name, why, msg_id)) or ""

@@ -3,7 +3,7 @@
 // textContent, never parsed as HTML (the page's CSP enforces Trusted Types).
 
 import { Connection, CLOSE } from "./connection.js";
-import { frameError, nameProblem, refusal, sentences, textProblem } from "./sentences.js";
+import { commandWords, eventSentence, frameError, nameProblem, reasonProblem, refusal, sentences, textProblem } from "./sentences.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -12,11 +12,17 @@ const ui = {
   join: $("join"), create: $("create"), refresh: $("refresh"), rooms: $("rooms"),
   roomsEmpty: $("rooms-empty"), roomTitle: $("room-title"), leave: $("leave"),
   log: $("log"), members: $("members"), say: $("say"), line: $("line"), send: $("send"),
+  confirm: $("confirm"), confirmText: $("confirm-text"), reason: $("reason"), confirmDo: $("confirm-do"),
+  confirmCancel: $("confirm-cancel"),
 };
+
+const VERSION = "1.2"; // the protocol version this page is served (docs/protocol.md §8)
 
 const EARLIER = 20; // messages asked for on joining
 const RESEND_AFTER = [1500, 3000, 6000]; // ms; then the line is marked not delivered
 const HISTORY_MAX = 100;
+// Events that change the room and take its next seq (1.2), besides messages.
+const CHANGES = new Set(["joined", "left", "timed_out", "kicked", "banned", "unbanned", "muted", "unmuted", "host", "closed"]);
 
 let conn = null; // the lobby's or the member's connection
 let session = null; // the room we are in (or were in, until "Back to rooms")
@@ -114,7 +120,7 @@ async function enter(op) {
   }
   ui.join.disabled = ui.create.disabled = true;
   try {
-    const { response, complete } = await connection().request({ op, room, username: name, password });
+    const { response, complete } = await connection().request({ op, room, username: name, password, version: VERSION });
     if (!complete) {
       notice(refusal(op, room, name, response, password !== ""));
       (response.status === 409 && op === "join" ? ui.name : response.status === 401 ? ui.password : ui.room).focus();
@@ -134,9 +140,9 @@ async function enter(op) {
 
 function begin(complete, name, password) {
   session = {
-    room: complete.room, name, password, host: complete.host, timeout: complete.timeout,
+    room: complete.room, name, password, timeout: complete.timeout,
     active: true, seq: complete.seq, nextId: 1, pending: new Map(), seen: new Map(),
-    members: [], marker: null, earlier: null,
+    members: [], hostName: "", muted: new Set(), marker: null, earlier: null, asked: 0,
   };
   ui.log.replaceChildren();
   ui.roomTitle.textContent = complete.room;
@@ -149,27 +155,75 @@ function begin(complete, name, password) {
   ui.line.focus();
 }
 
-// A membership starts (or restarts after a reconnect): the members, a marker
-// in the conversation, and the messages from before it.
+// A membership starts (or restarts after a reconnect): the members, the
+// host and the muted as COMPLETE says (1.2), a marker in the conversation,
+// and what came before it: the messages from before joining, or every event
+// missed while away.
 function attach(complete, markerText, since) {
-  session.members = [...complete.members];
-  session.nextId = 1;
+  const s = session;
+  s.members = [...complete.members];
+  s.hostName = complete.host_name ?? (complete.host ? s.name : s.hostName);
+  s.muted = new Set(complete.muted || []);
+  s.nextId = 1;
   renderMembers();
-  session.marker = addLine(el("li", "divider", markerText));
-  setStatus(`In room “${session.room}” as “${session.name}”`);
-  const last = complete.seq;
+  s.marker = addLine(el("li", "divider", markerText));
+  setStatus(`In room “${s.room}” as “${s.name}”`);
+  // The last event of a join is our own JOINED: not asked for again.
+  const last = complete.op === "join" ? complete.seq - 1 : complete.seq;
   if (last > 0 && complete.history > 0) {
     const first = since > 0 ? since + 1 : Math.max(1, last - Math.min(EARLIER, complete.history) + 1);
     if (first <= last) {
-      session.earlier = since > 0 ? null : el("li", "divider", "Earlier messages");
+      s.earlier = since > 0 ? null : el("li", "divider", "Earlier messages");
       conn.send({ op: "history", first: Math.max(first, last - HISTORY_MAX + 1), last });
     }
   }
-  session.seq = Math.max(session.seq, last);
+  s.seq = Math.max(s.seq, complete.seq);
+  s.asked = s.seq;
+  s.base = complete.seq; // what COMPLETE's member list already counts
 }
 
+const isHost = (s) => s.hostName === s.name;
+
 function renderMembers() {
-  ui.members.replaceChildren(...session.members.map((m) => el("li", null, m === session.name ? `${m} (you)` : m)));
+  const s = session;
+  const host = isHost(s) && s.active;
+  ui.members.replaceChildren(...s.members.map((m) => {
+    const item = el("li");
+    const marks = [m === s.name && "you", m === s.hostName && "host", s.muted.has(m) && "muted"].filter(Boolean);
+    item.append(el("span", "member", marks.length ? `${m} (${marks.join(", ")})` : m));
+    if (m === s.hostName) item.classList.add("host");
+    if (s.muted.has(m)) item.classList.add("muted");
+    if (host && m !== s.name) {
+      const actions = el("span", "actions");
+      const action = (label, what, run) => {
+        const b = el("button", "small", label);
+        b.type = "button";
+        b.dataset.action = what;
+        b.setAttribute("aria-label", `${label}: ${m}`);
+        b.addEventListener("click", run);
+        actions.append(b);
+      };
+      action(s.muted.has(m) ? "Unmute" : "Mute", s.muted.has(m) ? "unmute" : "mute", () => command(s.muted.has(m) ? "unmute" : "mute", m));
+      action("Make host", "host", () => command("host", m));
+      action("Remove", "kick", () => ask("kick", m));
+      action("Ban", "ban", () => ask("ban", m));
+      item.append(" ", actions);
+    }
+    return item;
+  }));
+  if (!host) ui.confirm.hidden = true;
+  ui.line.placeholder = s.muted.has(s.name) ? "You are muted by the host" : "";
+}
+
+// Remove and ban ask first, with a reason the others will read.
+function ask(what, name) {
+  ui.confirm.dataset.command = what;
+  ui.confirm.dataset.name = name;
+  ui.confirmText.textContent = sentences.confirm(what, name);
+  ui.confirmDo.textContent = what === "ban" ? "Ban" : "Remove";
+  ui.reason.value = "";
+  ui.confirm.hidden = false;
+  ui.reason.focus();
 }
 
 function addLine(item) {
@@ -189,66 +243,156 @@ function messageItem(seq, time, name, text, cls) {
   return item;
 }
 
-// A message from before this membership, put in seq order above its marker.
+function eventItem(frame, cls = "event") {
+  const item = el("li", cls, eventSentence(frame, session.name));
+  if (frame.seq) item.dataset.seq = frame.seq;
+  return item;
+}
+
+// An event from before this membership (a message, or on coming back any
+// change), put in seq order above its marker. Its change is not applied:
+// COMPLETE's member list is newer.
 function addEarlier(frame) {
   if (session.seen.has(frame.seq)) return;
-  const item = messageItem(frame.seq, frame.time, frame.name, frame.text, session.earlier ? "earlier" : "missed");
+  const message = frame.kind === "message" || frame.kind === "history";
+  if (!message && session.earlier) return; // before joining, the messages only
+  const item = message
+    ? messageItem(frame.seq, frame.time, frame.name, frame.text, session.earlier ? "earlier" : "missed")
+    : eventItem(frame, "event missed");
   if (session.earlier && !session.earlier.isConnected) ui.log.insertBefore(session.earlier, session.marker);
   let before = session.marker;
-  while (before.previousElementSibling && Number(before.previousElementSibling.dataset.seq || 0) > frame.seq) {
-    before = before.previousElementSibling;
+  if (frame.seq > session.base) {
+    // A gap of this membership, repaired: in seq order after the marker.
+    before = null;
+    for (let node = ui.log.lastElementChild; node && node !== session.marker; node = node.previousElementSibling) {
+      if (Number(node.dataset.seq || 0) > frame.seq) before = node;
+    }
+  } else {
+    while (before.previousElementSibling && Number(before.previousElementSibling.dataset.seq || 0) > frame.seq) {
+      before = before.previousElementSibling;
+    }
   }
   ui.log.insertBefore(item, before);
   session.seen.set(frame.seq, item);
   item.scrollIntoView({ block: "nearest" });
 }
 
+// A live numbered event: seen once; a seq that skips asks for the gap (as the
+// terminal client does; the socket is ordered, so this is a safety net).
+function numbered(s, seq) {
+  if (!seq) return true;
+  if (s.seen.has(seq)) return false;
+  if (seq > s.seq + 1 && seq - 1 > s.asked) {
+    const first = Math.max(s.seq + 1, seq - HISTORY_MAX);
+    conn.send({ op: "history", first, last: seq - 1 });
+  }
+  s.asked = Math.max(s.asked, seq);
+  s.seq = Math.max(s.seq, seq);
+  return true;
+}
+
 function onEvent(frame) {
   if (!session || !session.active) return;
   const s = session;
+  if (frame.resent || frame.kind === "history") {
+    addEarlier(frame);
+    return;
+  }
   switch (frame.kind) {
     case "message":
-      if (s.seen.has(frame.seq)) return;
+      if (!numbered(s, frame.seq)) return;
       s.seen.set(frame.seq, addLine(messageItem(frame.seq, frame.time, frame.name, frame.text)));
-      s.seq = Math.max(s.seq, frame.seq);
-      break;
-    case "history":
-      addEarlier(frame);
-      break;
+      return;
     case "expired":
       if (s.earlier) {
         if (!s.earlier.isConnected) ui.log.insertBefore(s.earlier, s.marker);
         s.earlier.after(el("li", "event", sentences.expired));
+      } else {
+        s.marker.before(el("li", "event missed", sentences.expired));
       }
-      break;
+      return;
     case "echo": {
       const line = s.pending.get(frame.id);
       if (!line) return;
       s.pending.delete(frame.id);
       clearTimeout(line.timer);
-      line.item.classList.remove("pending");
-      line.item.dataset.seq = frame.seq;
-      const stamp = line.item.querySelector("time");
-      stamp.textContent = clock(frame.time);
-      stamp.dateTime = new Date(frame.time).toISOString();
-      s.seen.set(frame.seq, line.item);
-      s.seq = Math.max(s.seq, frame.seq);
-      break;
+      if (line.item) {
+        line.item.classList.remove("pending");
+        line.item.dataset.seq = frame.seq;
+        const stamp = line.item.querySelector("time");
+        stamp.textContent = clock(frame.time);
+        stamp.dateTime = new Date(frame.time).toISOString();
+        numbered(s, frame.seq);
+        s.seen.set(frame.seq, line.item);
+      }
+      return;
     }
+    case "refused": {
+      const line = s.pending.get(frame.id);
+      if (!line) return;
+      s.pending.delete(frame.id);
+      clearTimeout(line.timer);
+      if (line.item) {
+        fail(line, sentences.refusedLine(frame.text));
+      } else {
+        const why = sentences.refusedCommand(commandWords(line.command, line.name), frame.text);
+        addLine(el("li", "event closed refused", why));
+        notice(why);
+      }
+      return;
+    }
+    case "restarting":
+      s.restarting = true;
+      notice(sentences.restarting, "info");
+      addLine(el("li", "event", sentences.restarting));
+      return;
+  }
+  if (!CHANGES.has(frame.kind) || !numbered(s, frame.seq)) return;
+  const about = frame.name;
+  switch (frame.kind) {
     case "joined":
-      if (!s.members.includes(frame.name)) s.members.push(frame.name);
-      renderMembers();
-      addLine(el("li", "event", `${frame.name} joined`));
+      if (!s.members.includes(about)) s.members.push(about);
       break;
     case "left":
     case "timed_out":
-      s.members = s.members.filter((m) => m !== frame.name);
-      renderMembers();
-      addLine(el("li", "event", frame.kind === "left" ? `${frame.name} left` : `${frame.name} was silent too long and was removed`));
+    case "kicked":
+    case "banned":
+      s.members = s.members.filter((m) => m !== about);
+      s.muted.delete(about);
+      break;
+    case "muted":
+      s.muted.add(about);
+      break;
+    case "unmuted":
+      s.muted.delete(about);
+      break;
+    case "host":
+      s.hostName = about;
+      s.warned = false;
+      ui.leave.textContent = "Leave";
       break;
     case "closed":
-      end(sentences.closed(s.room, frame.text));
-      break;
+      // What it means comes with the socket's close code: over (4000), or
+      // the server stopping, to be joined again when it is back (4004).
+      s.closedText = frame.text;
+      return;
+  }
+  const item = eventItem(frame);
+  s.seen.set(frame.seq, item);
+  addLine(item);
+  renderMembers();
+  if ((frame.kind === "kicked" || frame.kind === "banned") && about === s.name) {
+    // Removed by the host: back to the lobby, saying why.
+    const why = eventSentence(frame, s.name);
+    end(why);
+    session = null;
+    conn = null; // the server closes that socket (4003)
+    showLobby();
+    notice(why);
+    ui.name.focus();
+    listRooms();
+  } else if (frame.kind === "host" && about === s.name) {
+    notice(sentences.nowHost, "info");
   }
 }
 
@@ -272,14 +416,20 @@ function end(why) {
   ui.line.disabled = ui.send.disabled = true;
   ui.leave.textContent = "Back to rooms";
   setStatus(`Not in a room (was in “${s.room}”)`);
+  renderMembers();
   ui.leave.focus();
 }
 
-function fail(line) {
+// A line or command that will not be done: never dropped without a word.
+function fail(line, why = sentences.undelivered) {
   clearTimeout(line.timer);
+  if (!line.item) {
+    addLine(el("li", "event closed refused", sentences.refusedCommand(commandWords(line.command, line.name), why)));
+    return;
+  }
   line.item.classList.remove("pending");
   line.item.classList.add("failed");
-  line.item.append(el("span", "state", sentences.undelivered));
+  line.item.append(" ", el("span", "state", why));
 }
 
 function say(text) {
@@ -291,25 +441,48 @@ function say(text) {
   }
   const id = s.nextId++;
   const item = addLine(messageItem(0, 0, s.name, text, "mine pending"));
-  const line = { id, text, item, tries: 0, timer: 0 };
-  s.pending.set(id, line);
+  retry(s, { id, item, frame: { op: "send", id, text }, tries: 0, timer: 0 });
+  return true;
+}
+
+// Sent until answered (ECHO or REFUSED), with the same id each time: the
+// server acts once and answers again.
+function retry(s, line) {
+  s.pending.set(line.id, line);
   const attempt = () => {
-    if (!s.active || !s.pending.has(id)) return;
+    if (!s.active || !s.pending.has(line.id)) return;
     if (line.tries === RESEND_AFTER.length) {
-      s.pending.delete(id);
+      s.pending.delete(line.id);
       fail(line);
       return;
     }
-    // The same id again: the server relays it once and echoes it again.
-    if (conn) conn.send({ op: "send", id, text });
+    if (conn) conn.send(line.frame);
     line.timer = setTimeout(attempt, RESEND_AFTER[line.tries++]);
   };
   attempt();
-  return true;
+}
+
+// A host's command (1.2), from the member list.
+function command(what, name, reason = "") {
+  const s = session;
+  if (!s || !s.active) return;
+  const id = s.nextId++;
+  const frame = { op: "command", id, command: what, name };
+  if (reason) frame.reason = reason;
+  retry(s, { id, command: what, name, item: null, frame, tries: 0, timer: 0 });
 }
 
 function leave() {
   const s = session;
+  // A host with others in the room is told first that leaving closes it,
+  // and offered to hand it over (as ocm-client does at /quit).
+  if (s && s.active && isHost(s) && s.members.length > 1 && !s.warned) {
+    s.warned = true;
+    notice(sentences.hostLeaving(s.room), "info");
+    ui.leave.textContent = "Leave and close the room";
+    ui.leave.focus();
+    return;
+  }
   if (s && s.active) {
     s.active = false;
     for (const line of s.pending.values()) clearTimeout(line.timer);
@@ -337,45 +510,57 @@ function onClosed({ code, reason }) {
   if (s.reconnecting) return; // an attempt that failed: the loop below goes on
   if (code === CLOSE.roomClosed) {
     end(sentences.closed(s.room, reason));
+  } else if (code !== CLOSE.restarting && s.closedText !== undefined) {
+    end(sentences.closed(s.room, s.closedText));
   } else if (code === CLOSE.removed) {
     end(sentences.removed(s.room));
+  } else if (code === CLOSE.kicked) {
+    end(sentences.kickedClose(s.room, reason)); // the event itself was lost: say why anyway
   } else if (code === CLOSE.malformed) {
     end(s.error || sentences.internal);
   } else if (code === CLOSE.internal) {
     end(sentences.internal);
-  } else if (s.host) {
-    end(sentences.hostDropped(s.room));
   } else {
-    reconnect(s);
+    // A restart (RESTARTING, then 4004), a dropped network, a server gone.
+    reconnect(s, code === CLOSE.restarting || s.restarting);
   }
 }
 
-async function reconnect(s) {
+async function reconnect(s, restarting) {
   s.reconnecting = true;
+  s.closedText = undefined;
+  if (restarting && !s.restarting) addLine(el("li", "event", sentences.restarting));
   try {
-    await rejoin(s);
+    await rejoin(s, restarting);
   } finally {
     s.reconnecting = false;
+    s.restarting = false;
   }
 }
 
-async function rejoin(s) {
+// Back into the room after the connection ended: join again under the same
+// name; a room that is gone is created again by its host (with its
+// password) and waited for by the others. The lines not yet answered are
+// marked, never dropped without a word.
+async function rejoin(s, restarting) {
   for (const line of s.pending.values()) fail(line);
   s.pending.clear();
+  const wasHost = isHost(s);
   ui.line.disabled = ui.send.disabled = true;
   setStatus(`Reconnecting to “${s.room}”…`);
   const deadline = Date.now() + (s.timeout + 20) * 1000;
   let delay = 1;
-  let said = sentences.dropped;
+  let said = restarting ? sentences.restartWait : sentences.dropped;
+  let op = "join";
   while (session === s && s.active && Date.now() < deadline) {
     notice(said(delay), "info");
     await new Promise((r) => setTimeout(r, delay * 1000));
     if (session !== s || !s.active) return;
     let result;
     try {
-      result = await connection().request({ op: "join", room: s.room, username: s.name, password: s.password });
+      result = await connection().request({ op, room: s.room, username: s.name, password: s.password, version: VERSION });
     } catch {
-      said = sentences.dropped;
+      said = restarting ? sentences.restartWait : sentences.dropped;
       delay = Math.min(delay * 2, 15);
       continue;
     }
@@ -389,26 +574,42 @@ async function rejoin(s) {
         return;
       }
       ui.line.disabled = ui.send.disabled = false;
-      attach(complete, `Reconnected at ${clock(Date.now())}.`, s.seq);
-      notice(sentences.reconnected, "info");
+      // A room made anew (by us, or by its host) numbers from the start:
+      // what was said while the server was away is not in it.
+      // (The same room has at least our JOINED after what we saw.)
+      const anew = complete.op === "create" || complete.seq <= s.seq;
+      if (anew) {
+        s.seen.clear();
+        s.seq = 0;
+        s.asked = 0;
+      }
+      attach(complete, anew ? sentences.madeAnew(clock(Date.now()), complete.op === "create")
+                            : `Reconnected at ${clock(Date.now())}.`, anew ? 0 : s.seq);
+      if (anew) s.earlier = null;
+      notice(anew ? sentences.backAnew(s.room) : sentences.reconnected, "info");
       ui.line.focus();
       return;
     }
-    if (response.status === 409) {
+    if (response.status === 409 && op === "join") {
       said = sentences.waitingOld;
+    } else if (response.status === 409) {
+      op = "join"; // someone made it again first
+      continue;
     } else if (response.status === 429 || response.status === 503) {
       delay = Math.max(delay, response.retry_after || delay);
       continue;
+    } else if (response.status === 404 && wasHost) {
+      op = "create"; // the server came back without the room: ours to make again
+      continue;
     } else if (response.status === 404) {
-      end(sentences.gone(s.room));
-      return;
+      said = sentences.waitingHost;
     } else {
       end(refusal("join", s.room, s.name, response, s.password !== ""));
       return;
     }
     delay = Math.min(delay * 2, 15);
   }
-  if (session === s) end(sentences.gaveUp(s.room));
+  if (session === s) end(op === "join" && !wasHost ? sentences.gone(s.room) : sentences.gaveUp(s.room));
 }
 
 // -- wiring --------------------------------------------------------------------
@@ -426,6 +627,23 @@ ui.say.addEventListener("submit", (e) => {
   ui.line.focus();
 });
 ui.leave.addEventListener("click", leave);
+ui.confirm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const reason = ui.reason.value.trim();
+  const problem = reasonProblem(reason);
+  if (problem) {
+    notice(problem);
+    ui.reason.focus();
+    return;
+  }
+  ui.confirm.hidden = true;
+  command(ui.confirm.dataset.command, ui.confirm.dataset.name, reason);
+  ui.line.focus();
+});
+ui.confirmCancel.addEventListener("click", () => {
+  ui.confirm.hidden = true;
+  ui.line.focus();
+});
 addEventListener("pagehide", () => {
   if (session && session.active && conn) {
     conn.send({ op: "leave" });

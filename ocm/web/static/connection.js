@@ -3,7 +3,10 @@
 // errors handed to the page.
 
 // The server's close codes (ocm/web/chat.py).
-export const CLOSE = { normal: 1000, roomClosed: 4000, removed: 4001, idle: 4002, malformed: 4400, internal: 4500 };
+export const CLOSE = {
+  normal: 1000, roomClosed: 4000, removed: 4001, idle: 4002, kicked: 4003, restarting: 4004,
+  malformed: 4400, internal: 4500,
+};
 
 export function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";

@@ -23,6 +23,41 @@ export function textProblem(text) {
   return null;
 }
 
+const MAX_REASON_BYTES = 200;
+
+// A reason for removing or banning someone, checked as the server will.
+export function reasonProblem(reason) {
+  if (bytes(reason) > MAX_REASON_BYTES) return `That reason is too long: at most ${MAX_REASON_BYTES} bytes.`;
+  if (/[\u0000-\u001f\u007f-\u009f]/u.test(reason)) return "The reason contains a control character; please retype it.";
+  return null;
+}
+
+// Every event of a room as a sentence, with the terminal client's words
+// (ocm-client prints them after "* "). Messages are not sentences.
+export function eventSentence(frame, me) {
+  const who = frame.name;
+  const why = frame.text ? `: ${frame.text}` : "";
+  const you = who === me;
+  switch (frame.kind) {
+    case "joined": return `${who} joined`;
+    case "left": return `${who} left`;
+    case "timed_out": return `${who} was silent too long and was removed`;
+    case "kicked": return you ? `You were removed from the room by the host${why}` : `${who} was removed by the host${why}`;
+    case "banned": return you ? `You were banned from the room by the host${why}` : `${who} was banned by the host${why}`;
+    case "unbanned": return `${who} was unbanned by the host and may join again`;
+    case "muted": return you ? "You were muted by the host: what you say is not sent" : `${who} was muted by the host`;
+    case "unmuted": return you ? "You were unmuted by the host: you may speak again" : `${who} was unmuted by the host`;
+    case "host": return you ? "You are now the host" : `${who} is now the host`;
+    case "closed": return `The room closed${why}`;
+    default: return `${frame.kind} ${who}`;
+  }
+}
+
+// A host's command, as the terminal client's line would be.
+export function commandWords(command, name) {
+  return `/${command} ${name}`;
+}
+
 const cap = (s) => s.charAt(0).toUpperCase() + s.slice(1);
 const q = (s) => `“${s}”`;
 const seconds = (n) => (n === 1 ? "1 second" : `${n} seconds`);
@@ -38,6 +73,8 @@ export function refusal(op, room, name, response, hadPassword) {
       return hadPassword
         ? `That password is not right for room ${q(room)}.`
         : `Room ${q(room)} has a password. Type it in the password field and join again.`;
+    case 403:
+      return `You are banned from room ${q(room)}.`;
     case 404:
       return `There is no room called ${q(room)}. Check the spelling, or create it.`;
     case 409:
@@ -74,13 +111,25 @@ export const sentences = {
   waitingOld: (wait) => `Reconnecting: the server still holds your old connection. Trying again in ${seconds(wait)}…`,
   reconnected: "Reconnected. Anything you missed is shown above.",
   gaveUp: (room) => `Could not get back into room ${q(room)}. Join again when your connection is back.`,
-  hostDropped: (room) => `The connection dropped. You created room ${q(room)}, so it closed when you left.`,
   gone: (room) => `Room ${q(room)} is gone: its host left or the server restarted.`,
   closed: (room, why) => `Room ${q(room)} closed: ${why || "no reason given"}.`,
   removed: (room) => `You were away too long and were removed from room ${q(room)}. Join again to come back.`,
   internal: "The server had an internal error. Join the room again.",
+  hostLeaving: (room) => `You are the host: leaving closes room ${q(room)} for everyone. To keep it open, make someone host first (Make host, in the member list); or press Leave again.`,
   left: (room) => `You left room ${q(room)}.`,
   leftWithPage: (room) => `You left room ${q(room)} when you left this page. Join again to come back.`,
   undelivered: "not delivered",
+  refusedLine: (why) => `not delivered: ${why}`,
+  refusedCommand: (what, why) => `Not done (${what}): ${why}.`,
+  confirm: (what, name) => what === "ban"
+    ? `Ban ${q(name)}? They are removed, and cannot come back under any name from their address until you unban them.`
+    : `Remove ${q(name)} from the room? They may join again.`,
+  nowHost: "You are now the host: the room lives while you are in it, and you can moderate it from the member list.",
+  kickedClose: (room, why) => `You were removed from room ${q(room)} by the host${why ? `: ${why}` : ""}.`,
+  restarting: "The server is stopping or restarting; this page will reconnect when it is back.",
+  restartWait: (wait) => `The server is restarting. Reconnecting in ${seconds(wait)}…`,
+  waitingHost: (wait) => `The room is not there (the server may have lost it); waiting for its host to create it again. Trying again in ${seconds(wait)}…`,
+  madeAnew: (time, byUs) => `Back at ${time}, in the room ${byUs ? "created again by you" : "as its host created it again"}.`,
+  backAnew: (room) => `Reconnected, but the server had lost room ${q(room)}, which is new now: messages said while it was away may be missing.`,
   expired: "Older messages are no longer kept.",
 };

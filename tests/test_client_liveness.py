@@ -191,3 +191,11 @@ class NumberedSessionTests(unittest.TestCase):
         sent = len(self.udp.sent)
         self.clock.advance(30)
         self.assertEqual(len(self.udp.sent), sent)
+
+    def test_a_command_unanswered_for_the_timeout_is_named(self) -> None:
+        self.session.order("kick", "carol", "spam")
+        self.assertEqual(self.sent(Kind.COMMAND)[0][1], "COMMAND")
+        self.clock.pump([1.0] * 59)
+        self.assertEqual(self.screen.failed, [])  # kept while the server may come back
+        self.clock.pump([1.0] * 2)
+        self.assertEqual(self.screen.failed, [Order("kick", "carol", "spam")])

@@ -119,6 +119,11 @@ class Settings:
 ERASE_TYPED_LINE = "\x1b[1A\x1b[2K"
 
 
+def _order_text(order: Order) -> str:
+    """A command as it was typed, for a note about it."""
+    return f"/{order.op} {sanitize(order.name)}" + (f" {sanitize(order.reason)}" if order.reason else "")
+
+
 class ChatClient:
     """
     Implements the session's listener; C{err} takes messages for stderr.
@@ -464,7 +469,11 @@ class ChatClient:
         if self._earlier_shown:
             self.console.write_line(EARLIER_END)
 
-    def line_failed(self, text: str) -> None:
+    def line_failed(self, text: Item) -> None:
+        if isinstance(text, Order):
+            self.note(f"Not done (no answer from the server in {self.session.outbox.give_up:g} s): "
+                      f"{_order_text(text)}")
+            return
         self.note(undelivered_line(text, self.session.outbox.give_up))
 
     def line_late(self, text: str) -> None:
@@ -475,7 +484,7 @@ class ChatClient:
 
     def line_refused(self, item: Item, why: str) -> None:
         if isinstance(item, Order):
-            what = f"/{item.op} {sanitize(item.name)}" + (f" {sanitize(item.reason)}" if item.reason else "")
+            what = _order_text(item)
         else:
             what = excerpt(item)
         self.note(refused_line(what, why))

@@ -181,8 +181,8 @@ class SessionListener(Interface):
     def earlier_done(self) -> None:
         """1.1: the backlog (messages before the join) is all shown."""
 
-    def line_failed(self, text: str) -> None:
-        """1.1: no ECHO for C{text} in time: it was not delivered."""
+    def line_failed(self, text: Item) -> None:
+        """1.1: no ECHO for C{text} (a line, or a 1.2 L{Order}) in time: it was not delivered."""
 
     def line_late(self, text: str) -> None:
         """1.1: an ECHO came for C{text} after all, after it was given up."""
@@ -463,10 +463,7 @@ class ChatSession(DatagramProtocol):
 
     def _serve(self, now: float) -> None:
         for line in self.outbox.give_ups(now):
-            if isinstance(line.text, Order):
-                self.listener.line_refused(line.text, "the server did not answer")
-            else:
-                self.listener.line_failed(line.text)
+            self.listener.line_failed(line.text)  # a line, or (1.2) an Order
             if self.last_heard < line.first_sent and not self.numbered:
                 # Not a datagram from the server in all that time: the path
                 # or the server is gone, and the rest would only wait as long.

@@ -565,7 +565,10 @@ class ChatSession(DatagramProtocol):
                 event.kind in (EventKind.KICKED, EventKind.BANNED) and name_key(event.name) == self.my_key
             ):
                 self.closed = True
+                self.outbox.abandon()
             self.listener.event_received(event)
+            if self.closed:
+                return  # nothing after the end is shown
         if self._earlier_open and self.sequencer.next_seq > self.sequencer.backlog_end:
             self._end_earlier()
 

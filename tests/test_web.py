@@ -6,12 +6,14 @@ the protocol through the independent client in L{tests.wire}.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
+from ocm.wire.datagram import send
 from tests import wire
 from tests.daemon import DaemonMixin
 from tests.websocket import Browser, open_browser
@@ -579,33 +581,53 @@ class RestartTests(WebTestCase):
         for b in (ann, old, lobby):
             self.assertIsNotNone(b.close_info)
         self.assertEqual(lobby.close_info, (1000, "the server is stopping"))
-        closed = await ann.next_event()
-        self.assertEqual((closed["kind"], closed["text"]), ("closed", "the server is shutting down"))
-        self.assertEqual(await ann.wait_closed(), (4004, "the server is shutting down"))
-        # The 1.1 view, as before: the room is over.
+        # Its room (its host a 1.2 page) is kept: the 1.1 page cannot be, and
+        # leaves; the 1.2 one is told the server restarts, to come back.
+        left = await ann.next_event()
+        self.assertEqual((left["kind"], left["name"]), ("left", "old"))
+        self.assertEqual((await ann.next_event())["kind"], "restarting")
+        self.assertEqual((await ann.wait_closed())[0], 4004)
+        # The 1.1 view, as before: the room is over for it.
         self.assertEqual((await old.next_event())["kind"], "closed")
         self.assertEqual((await old.wait_closed())[0], 4000)
 
-    async def test_a_room_kept_across_a_restart_lets_its_browsers_go_to_come_back(self):
-        # The room's host is a UDP member served 1.2: the room is kept; a
-        # browser cannot be carried over, so it leaves (LEFT to the rest)
-        # and its page is told to come back.
-        self.start()
-        self.assertIsNotNone(self.svc.keep_rooms)
+    async def test_a_browser_is_kept_across_a_restart_and_resumes_as_the_same_member(self):
+        # The room's host is a UDP member served 1.2: the room is kept, and
+        # so is the 1.2 page (its socket cannot be, its membership can); a
+        # 1.1 page cannot be carried over: it leaves (LEFT to the rest).
+        data = Path(self.mktemp())
+        self.start_daemon(*PLAIN, data_dir=data)
+        udp, web = self.svc.rooms.udp_port, self.web
         status, complete = await self.ask(wire.CREATE_ROOM, "Kept", {"username": "host", "version": "1.2"})
         self.assertEqual((status, complete["version"]), (200, "1.2"))
-        host = wire.Member(reactor, b"Kept", complete, ("127.0.0.1", complete["udp_port"]))
+        host = wire.Member(reactor, b"Kept", complete, ("127.0.0.1", udp))
         self.addCleanup(host.close)
         host.heartbeat()
         self.keep_alive(host)
-        bea, _ = await ModerationTests.member12(self, "join", "Kept", "bea")
+        bea, joined = await ModerationTests.member12(self, "join", "Kept", "bea")
         old, _ = await self.member("join", "Kept", "old")
         self.assertEqual((await bea.next_event())["kind"], "joined")
         await self.svc.stopService()
-        closed = await bea.next_event()
-        self.assertEqual((closed["kind"], closed["text"]), ("closed", "the server is restarting"))
+        left = await bea.next_event()
+        self.assertEqual((left["kind"], left["name"]), ("left", "old"))
+        self.assertEqual((await bea.next_event())["kind"], "restarting")
         self.assertEqual((await bea.wait_closed())[0], 4004)
-        left = await old.next_event()  # bea went first, told to the rest
-        self.assertEqual((left["kind"], left["name"]), ("left", "bea"))
         self.assertEqual((await old.next_event())["kind"], "closed")
         self.assertEqual((await old.wait_closed())[0], 4000)
+        # Started again: the page comes back as the same member.
+        self.start_daemon("--web", f"tcp:{web}:interface=127.0.0.1", "--web-no-tls",
+                          "--tcp", "tcp:0:interface=127.0.0.1", "--udp", str(udp), data_dir=data)
+        self.assertEqual(sorted(self.svc.rooms.rooms["kept"].members), ["bea", "host"])
+        back = await self.browser()
+        response, again = await back.ask({"op": "resume", "room": "Kept", "username": "bea",
+                                          "resume": joined["resume"]})
+        self.assertEqual((response["status"], again["resumed"]), (200, True))
+        self.assertEqual(sorted(again["members"]), ["bea", "host"])
+        host.send(host.seal(send(1, "welcome back")))
+        said = await back.next_event()
+        self.assertEqual((said["kind"], said["text"]), ("message", "welcome back"))
+        # A second page with the spent secret is not bea.
+        other = await self.browser()
+        response, _ = await other.ask({"op": "resume", "room": "Kept", "username": "bea",
+                                       "resume": joined["resume"]})
+        self.assertEqual(response["status"], 404)

@@ -189,10 +189,17 @@ class WebChatFactory(WebSocketServerFactory):
             raise ConnectionDeny(int(refusal.status), message)
 
 
+def _op(frame: binding.RoomRequest | binding.Resume) -> Op:
+    """The operation a room request is answered as (a resume as a join)."""
+    return frame.op if isinstance(frame, binding.RoomRequest) else Op.JOIN_ROOM
+
+
 class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
     """One browser: any number of list requests, then at most one membership."""
 
     factory: WebChatFactory
+    # (1.2) A page comes back after a restart as the same member (resume).
+    resumable = True
     # Not "log": autobahn's own (txaio's, level-filtered) must stay its own.
     _log = Logger()
 
@@ -265,7 +272,7 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
         except ProtocolError as e:
             self._refuse_frame(e)
             return
-        if isinstance(frame, binding.RoomRequest):
+        if isinstance(frame, (binding.RoomRequest, binding.Resume)):
             self._room_request(frame)
         elif self.member is None:
             self._refuse_frame(ProtocolError(Status.BAD_REQUEST, "join or create a room first"))
@@ -335,11 +342,11 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
 
     # -- room requests --------------------------------------------------------
 
-    def _room_request(self, frame: binding.RoomRequest) -> None:
+    def _room_request(self, frame: binding.RoomRequest | binding.Resume) -> None:
         if self.life is SocketState.ASKING:
             self._refuse_frame(ProtocolError(Status.BAD_REQUEST, "one room request at a time"))
             return
-        if self.member is not None and frame.op != Op.LIST_ROOMS:
+        if self.member is not None and _op(frame) != Op.LIST_ROOMS:
             self._refuse_frame(ProtocolError(Status.BAD_REQUEST, "already in a room"))
             return
         self._rearm_idle()
@@ -347,24 +354,30 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
         d = defer.ensureDeferred(self._answer(frame))
         d.addErrback(self._failed)
 
-    async def _answer(self, frame: binding.RoomRequest) -> None:
+    async def _answer(self, frame: binding.RoomRequest | binding.Resume) -> None:
         f = self.factory
         desk = f.desk
+        op = _op(frame)
         try:
             try:
                 # Charged per request, from the same per-address budget TCRP uses.
                 desk.charge_request(self.ip)
-                request = Request(frame.op, frame.room, frame.username, frame.password, frame.version)
-                transport = None if frame.op == Op.LIST_ROOMS else self
-                answered = await desk.answer(
-                    request, self.ip, lambda: self.life is SocketState.ENDED, transport
-                )
+                if isinstance(frame, binding.Resume):
+                    # (1.2) The same member, kept across a restart.
+                    answered = desk.resume(frame.room, frame.username, frame.secret, self.ip, self)
+                    answered.body["resumed"] = True
+                else:
+                    request = Request(frame.op, frame.room, frame.username, frame.password, frame.version)
+                    transport = None if frame.op == Op.LIST_ROOMS else self
+                    answered = await desk.answer(
+                        request, self.ip, lambda: self.life is SocketState.ENDED, transport
+                    )
             except ProtocolError as e:
                 f.refusals[e.status] += 1
                 self._log.info("refused {status} to {ip} (web): {why}",
                               status=e.status, ip=self.ip, why=e.message)
                 self._send(binding.encode_response(
-                    frame.op, frame.room, e.status, e.message, **e.response_fields()
+                    op, frame.room, e.status, e.message, **e.response_fields()
                 ))
                 return
         finally:
@@ -379,8 +392,8 @@ class ChatSocket(HandshakeHeaders, WebSocketServerProtocol):
             self.life = SocketState.MEMBER
             self._cancel_idle()
         room = body.get("room", frame.room)
-        self._send(binding.encode_response(frame.op, room, Status.OK, _OK_MESSAGES[frame.op]))
-        self._send(binding.encode_complete(frame.op, room, body))
+        self._send(binding.encode_response(op, room, Status.OK, _OK_MESSAGES[op]))
+        self._send(binding.encode_complete(op, room, body))
 
     def _still_member(self) -> bool:
         member = self.member

@@ -66,6 +66,18 @@ class RoomRequest:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """
+    (1.2) Back in a room kept across a restart, as the same member: the
+    secret its last COMPLETE gave it (C{resume}).
+    """
+
+    room: str
+    username: str
+    secret: str
+
+
+@dataclass(frozen=True)
 class Say:
     """send: SEND's msg_id and text."""
 
@@ -97,7 +109,7 @@ class Order:
     refused: str = ""
 
 
-Frame = RoomRequest | Say | History | Leave | Order
+Frame = RoomRequest | Resume | Say | History | Leave | Order
 
 
 def _bad(message: str) -> ProtocolError:
@@ -160,6 +172,16 @@ def parse_frame(text: str) -> Frame:
         if not isinstance(version, str) or version not in VERSIONS:
             raise _bad(f"version is not one of {', '.join(VERSIONS)}")
         return RoomRequest(OPS[op], room, username, password, version)
+    if op == "resume":
+        room, username = _string(body, "room"), _string(body, "username")
+        for value, what in ((room, "room name"), (username, "username")):
+            problem = name_problem(value, what)
+            if problem:
+                raise _bad(problem)
+        secret = _string(body, "resume")
+        if not 1 <= len(secret) <= 64:
+            raise _bad("resume is not a membership's secret")
+        return Resume(room, username, secret)
     if op == "send":
         msg_id = _whole(body, "id", 1, MAX_MSG_ID)
         said = _string(body, "text")

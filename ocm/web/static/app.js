@@ -164,12 +164,15 @@ function attach(complete, markerText, since) {
   s.members = [...complete.members];
   s.hostName = complete.host_name ?? (complete.host ? s.name : s.hostName);
   s.muted = new Set(complete.muted || []);
-  s.nextId = 1;
+  // (1.2) The secret that brings this membership back after a restart.
+  s.resume = complete.resume || null;
+  // A resumed membership goes on with its line numbers; a new one starts at 1.
+  if (!complete.resumed) s.nextId = 1;
   renderMembers();
   s.marker = addLine(el("li", "divider", markerText));
   setStatus(`In room “${s.room}” as “${s.name}”`);
   // The last event of a join is our own JOINED: not asked for again.
-  const last = complete.op === "join" ? complete.seq - 1 : complete.seq;
+  const last = complete.op === "join" && !complete.resumed ? complete.seq - 1 : complete.seq;
   if (last > 0 && complete.history > 0) {
     const first = since > 0 ? since + 1 : Math.max(1, last - Math.min(EARLIER, complete.history) + 1);
     if (first <= last) {
@@ -551,14 +554,17 @@ async function rejoin(s, restarting) {
   const deadline = Date.now() + (s.timeout + 20) * 1000;
   let delay = 1;
   let said = restarting ? sentences.restartWait : sentences.dropped;
-  let op = "join";
+  // After a restart the server kept this membership: come back as it.
+  let op = restarting && s.resume ? "resume" : "join";
   while (session === s && s.active && Date.now() < deadline) {
     notice(said(delay), "info");
     await new Promise((r) => setTimeout(r, delay * 1000));
     if (session !== s || !s.active) return;
     let result;
     try {
-      result = await connection().request({ op, room: s.room, username: s.name, password: s.password, version: VERSION });
+      result = await connection().request(op === "resume"
+        ? { op, room: s.room, username: s.name, resume: s.resume }
+        : { op, room: s.room, username: s.name, password: s.password, version: VERSION });
     } catch {
       said = restarting ? sentences.restartWait : sentences.dropped;
       delay = Math.min(delay * 2, 15);
@@ -577,7 +583,7 @@ async function rejoin(s, restarting) {
       // A room made anew (by us, or by its host) numbers from the start:
       // what was said while the server was away is not in it.
       // (The same room has at least our JOINED after what we saw.)
-      const anew = complete.op === "create" || complete.seq <= s.seq;
+      const anew = !complete.resumed && (complete.op === "create" || complete.seq <= s.seq);
       if (anew) {
         s.seen.clear();
         s.seq = 0;
@@ -590,7 +596,12 @@ async function rejoin(s, restarting) {
       ui.line.focus();
       return;
     }
-    if (response.status === 409 && op === "join") {
+    if (op === "resume") {
+      op = "join"; // not kept after all (too late, or not its own): join anew
+      s.resume = null;
+      delay = 1;
+      continue;
+    } else if (response.status === 409 && op === "join") {
       said = sentences.waitingOld;
     } else if (response.status === 409) {
       op = "join"; // someone made it again first

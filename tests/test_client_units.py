@@ -64,6 +64,14 @@ class EventLineTests(unittest.TestCase):
         bare = self.event(EventKind.CLOSED, "alice")
         self.assertEqual(display.event_line(bare), "* room closed: no reason given")
 
+    def test_moderation_says_who_did_it(self) -> None:
+        kicked = self.event(EventKind.KICKED, "bob", "spam")
+        self.assertEqual(display.event_line(kicked), "* bob was removed by the host: spam")
+        by_operator = self.event(EventKind.BANNED, "bob", "the server's operator: abuse")
+        self.assertEqual(display.event_line(by_operator), "* bob was banned by the server's operator: abuse")
+        self.assertEqual(display.removed_line(self.event(EventKind.KICKED, "bob", "the server's operator"), "Lobby"),
+                         "You were removed from room 'Lobby' by the server's operator; you may join it again.")
+
     def test_unknown_kind_shows_nothing(self) -> None:
         self.assertIsNone(display.event_line(self.event(0x42)))
 

@@ -66,11 +66,12 @@ def event_line(event: Event) -> str | None:
         return f"* {name} timed out"
     if kind == EventKind.CLOSED:
         return f"* room closed: {sanitize(event.text) or 'no reason given'}"
-    reason = f": {sanitize(event.text)}" if event.text else ""
+    who, why = _by(event)
+    reason = f": {why}" if why else ""
     if kind == EventKind.KICKED:
-        return f"* {name} was removed by the host{reason}"
+        return f"* {name} was removed by {who}{reason}"
     if kind == EventKind.BANNED:
-        return f"* {name} was banned by the host{reason}"
+        return f"* {name} was banned by {who}{reason}"
     if kind == EventKind.UNBANNED:
         return f"* {name} is no longer banned"
     if kind == EventKind.MUTED:
@@ -82,12 +83,25 @@ def event_line(event: Event) -> str | None:
     return None
 
 
+# The text of a moderation event the daemon's operator caused starts so.
+OPERATOR = "the server's operator"
+
+
+def _by(event: Event) -> tuple[str, str]:
+    """(who did it, the reason) of a KICKED or BANNED: the host, or the operator (ocm-admin)."""
+    text = sanitize(event.text)
+    if text == OPERATOR or text.startswith(OPERATOR + ": "):
+        return OPERATOR, text[len(OPERATOR) + 2:]
+    return "the host", text
+
+
 def removed_line(event: Event, room: str) -> str:
     """What a kicked or banned person reads about itself (1.2)."""
-    why = f" ({sanitize(event.text)})" if event.text else ""
+    who, reason = _by(event)
+    why = f" ({reason})" if reason else ""
     if event.kind == EventKind.BANNED:
-        return f"You were banned from room {quoted(room)} by the host{why}; you cannot join it again."
-    return f"You were removed from room {quoted(room)} by the host{why}; you may join it again."
+        return f"You were banned from room {quoted(room)} by {who}{why}; you cannot join it again."
+    return f"You were removed from room {quoted(room)} by {who}{why}; you may join it again."
 
 
 # (1.2) The server's presence, in plain words (PROTOCOL §4a).

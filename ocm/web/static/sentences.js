@@ -34,19 +34,28 @@ export function reasonProblem(reason) {
 
 // Every event of a room as a sentence, with the terminal client's words
 // (ocm-client prints them after "* "). Messages are not sentences.
+// The text of an event the daemon's operator caused (ocm-admin) starts so.
+const OPERATOR = "the server's operator";
+
 export function eventSentence(frame, me) {
   const who = frame.name;
-  const why = frame.text ? `: ${frame.text}` : "";
   const you = who === me;
+  let by = "the host";
+  let text = frame.text || "";
+  if (text === OPERATOR || text.startsWith(`${OPERATOR}: `)) {
+    by = OPERATOR;
+    text = text.slice(OPERATOR.length + 2);
+  }
+  const why = text ? `: ${text}` : "";
   switch (frame.kind) {
     case "joined": return `${who} joined`;
     case "left": return `${who} left`;
     case "timed_out": return `${who} was silent too long and was removed`;
-    case "kicked": return you ? `You were removed from the room by the host${why}` : `${who} was removed by the host${why}`;
-    case "banned": return you ? `You were banned from the room by the host${why}` : `${who} was banned by the host${why}`;
-    case "unbanned": return `${who} was unbanned by the host and may join again`;
-    case "muted": return you ? "You were muted by the host: what you say is not sent" : `${who} was muted by the host`;
-    case "unmuted": return you ? "You were unmuted by the host: you may speak again" : `${who} was unmuted by the host`;
+    case "kicked": return you ? `You were removed from the room by ${by}${why}` : `${who} was removed by ${by}${why}`;
+    case "banned": return you ? `You were banned from the room by ${by}${why}` : `${who} was banned by ${by}${why}`;
+    case "unbanned": return `${who} was unbanned by ${by} and may join again`;
+    case "muted": return you ? `You were muted by ${by}: what you say is not sent` : `${who} was muted by ${by}`;
+    case "unmuted": return you ? `You were unmuted by ${by}: you may speak again` : `${who} was unmuted by ${by}`;
     case "host": return you ? "You are now the host" : `${who} is now the host`;
     case "closed": return `The room closed${why}`;
     default: return `${frame.kind} ${who}`;

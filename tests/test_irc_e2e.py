@@ -45,7 +45,10 @@ class IRCProcessTestCase(ProcessTestCase):
 
     def daemon(self) -> None:
         self.irc = free_port(socket.SOCK_STREAM, "127.0.0.1")
-        self.twistd("--irc", f"tcp:{self.irc}:interface=127.0.0.1", ready="TLS fingerprint SHA256:")
+        self.web = free_port(socket.SOCK_STREAM, "127.0.0.1")
+        self.twistd("--irc", f"tcp:{self.irc}:interface=127.0.0.1",
+                    "--web", f"tcp:{self.web}:interface=127.0.0.1", "--web-no-tls",
+                    ready="TLS fingerprint SHA256:")
 
     def client(self, name: str, *args: str):
         return self.spawn(name, ["-m", "ocm.client", "127.0.0.1", "--port", str(self.tcp), "--name", name, *args])
@@ -168,7 +171,7 @@ class IrssiTests(IRCProcessTestCase):
 
         return proc, type_line, home / "logs" / "ocm"
 
-    def test_irssi_and_ocm_clients_in_one_room_over_tls(self):
+    def test_irssi_ocm_clients_and_a_browser_in_one_room_over_tls(self):
         self.daemon()
         alice = self.room_with_backlog("before irssi came")
 
@@ -180,10 +183,19 @@ class IrssiTests(IRCProcessTestCase):
         self.assertIn("[@alice] [ irs]", channel())
         self.wait_for(lambda: "* irs joined" in self.read("alice.out"), lambda: "alice to see irs: " + self.read("alice.out"))
 
-        # irssi -> ocm-client.
+        # A browser member joins too: it hears the room, and irssi hears it.
+        self.env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + self.env["PYTHONPATH"]
+        self.spawn("wanda", ["-m", "tests.browser_member", str(self.web), "study group", "wanda",
+                             "hello from a browser"])
+        self.wait_for(lambda: "joined 200" in self.read("wanda.out"), lambda: "the browser: " + self.read("wanda.err"))
+        self.wait_for(lambda: "wanda> hello from a browser" in channel(), lambda: "irs to hear wanda: " + channel())
+
+        # irssi -> ocm-client and the browser.
         type_line("/msg #study_group hello from irssi, ça va?")
         self.wait_for(lambda: "irs: hello from irssi, ça va?" in self.read("alice.out"),
                       lambda: "alice to hear irs: " + self.read("alice.out"))
+        self.wait_for(lambda: "irs: hello from irssi, ça va?" in self.read("wanda.out"),
+                      lambda: "wanda to hear irs: " + self.read("wanda.out"))
         # ocm-client -> irssi, a long line split for IRC.
         long_line = "long " + "x" * 900 + " end"
         alice.stdin.write(f"hi irssi\n{long_line}\n".encode())

@@ -35,17 +35,14 @@ from ocm.wire.datagram import MAX_TEXT, EventKind, encode_event, seal_server
 from ocm.wire.names import name_key
 from ocm.server.service import OcmService
 from ocm.wire.tcrp import Op, encode_response
+from tests import wire
 from tests.daemon import run_daemon
 
 LIMIT = 10.0  # seconds any one wait may take before the test fails
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = reactor.seconds() + LIMIT
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await task.deferLater(reactor, 0.01, lambda: None)
+    await wire.until(predicate, what, LIMIT, every=0.01)
 
 
 class FakeStdio(StringTransport):

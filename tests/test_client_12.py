@@ -20,16 +20,13 @@ from ocm.client import tcrp as tcrp_module
 from ocm.client.loss import Loss
 from ocm.server.service import OcmService
 from ocm.wire.names import name_key
+from tests import wire
 from tests.daemon import run_daemon
 from tests.test_client import ClientTestCase, Runner
 
 
 async def until(predicate: Callable[[], bool], what: str | Callable[[], str], limit: float = 20.0) -> None:
-    deadline = reactor.seconds() + limit
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"gave up waiting for {what() if callable(what) else what}")
-        await task.deferLater(reactor, 0.02, lambda: None)
+    await wire.until(predicate, what, limit)
 
 NOT_ANSWERING = "*** the server is not answering; your lines are kept and will be sent when it is back"
 BACK = "*** the server is back"

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from twisted.internet import reactor, task
 
 from ocm.bench.spawn import free_port
+from tests import wire
 from tests.processes import LIMIT, ProcessTestCase
 from tests.websocket import Browser, open_browser
 
@@ -26,14 +27,7 @@ ROUNDS = 3
 
 async def until(check: Callable[[], Any], what: Callable[[], str], limit: float = LIMIT) -> Any:
     """Poll CHECK on the reactor (the browser must go on) until true; fail after LIMIT s."""
-    deadline = time.monotonic() + limit
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what()}")
-        await task.deferLater(reactor, 0.05, lambda: None)
+    return await wire.until(check, what, limit, every=0.05)
 
 
 class Page:

@@ -47,6 +47,24 @@ def sleep(clock: Any, seconds: float) -> defer.Deferred:
     return task.deferLater(clock, seconds, lambda: None)
 
 
+async def until(predicate: Any, what: Any, limit: float = 10.0, every: float = 0.02) -> Any:
+    """
+    Poll C{predicate} on the running reactor (so sockets go on being
+    served) until it gives something true, and return that; fail after
+    C{limit} seconds saying C{what} (a string, or a callable for one).
+    """
+    from twisted.internet import reactor
+
+    deadline = reactor.seconds() + limit
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"gave up waiting for {what() if callable(what) else what}")
+        await task.deferLater(reactor, every, lambda: None)
+
+
 # -- TCRP -------------------------------------------------------------------
 
 

@@ -936,7 +936,9 @@ class RoomService:
         """
         A datagram under the token of a member removed less than a timeout
         ago: authenticated as ever, then answered (at most once a second)
-        with the event that removed it; nothing else is served.
+        with the event that removed it; nothing else is served. The checks
+        are datagram_received's, in its order (written out there, on the
+        hot path, rather than called).
         """
         stone = self.tombstones.get(envelope.token)
         if stone is None or envelope.room != stone.room_bytes:
